@@ -1,0 +1,40 @@
+# One command per job. `make test` works on a fresh machine: it creates .venv, installs the
+# pinned packages and runs lint, format check and the whole test suite against the real local
+# Google emulators (started by the tests themselves).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint fmt demo stack bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: $(STAMP)
+	$(BIN)/python -m tools.demo
+
+stack: $(STAMP)
+	$(BIN)/python -m tools.stack up
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/imaging_bench.py
+	$(BIN)/python benchmarks/event_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build out
