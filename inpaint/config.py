@@ -1,0 +1,125 @@
+"""One validated settings object, read from the environment in one place.
+
+Every tunable of the service lives here with its default and bounds, so that a bad deployment
+fails at start-up with a message naming the variable instead of half-way through a job. Our own
+variables carry the ``INPAINT_`` prefix; ``FIREBASE_CREDENTIALS``, ``GOOGLE_CLOUD_PROJECT`` and
+``FIREBASE_STORAGE_BUCKET`` keep the names the platform and the replaced service use.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quant = Literal["Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0"]
+QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
+
+# Cloud Run, us-east4 tier-1 instance-based billing (CPU always allocated), Nov 2026 price list:
+# NVIDIA L4 without zonal redundancy $0.0001867/s + 8 vCPU x $0.000018/s + 32 GiB x $0.000002/s.
+L4_INSTANCE_PRICE_PER_SECOND = 0.0001867 + 8 * 0.000018 + 32 * 0.000002
+
+DEFAULT_PROMPT = (
+    "a natural, seamless continuation of the photo, realistic fur, lighting and background, "
+    "high detail"
+)
+
+
+class Settings(BaseSettings):
+    """Service settings. See the README's "Configuration" table for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INPAINT_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # --- model -----------------------------------------------------------------------------
+    model_dir: Path = Field(
+        Path("weights"),
+        description="Directory written by `python -m inpaint weights` (base/ + the GGUF file).",
+    )
+    quant: Quant = "Q4_0"
+    gguf_file: Path | None = Field(None, description="Explicit GGUF path; overrides quant.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    cpu_offload: bool = Field(False, description="Model CPU offload, for GPUs under 24 GB.")
+    dequantize: bool = Field(
+        False, description="Dequantize GGUF weights once at load (faster steps, more memory)."
+    )
+    warmup_steps: int = Field(2, ge=1, le=50)
+    prompt_cache_size: int = Field(32, ge=0, le=4096)
+
+    # --- generation ------------------------------------------------------------------------
+    default_prompt: str = Field(DEFAULT_PROMPT, min_length=1)
+    guidance: float = Field(30.0, ge=0.0, le=100.0)
+    steps: int = Field(28, ge=1, le=100)
+    max_steps: int = Field(50, ge=1, le=200)
+    max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+
+    # --- images ----------------------------------------------------------------------------
+    max_input_bytes: int = Field(40 * 1024 * 1024, ge=1024)
+    max_input_pixels: int = Field(50_000_000, ge=1)
+    work_megapixels: float = Field(1.0, gt=0.01, le=4.0)
+    crop_margin: float = Field(0.5, ge=0.0, le=10.0)
+    feather_px: int = Field(8, ge=0, le=256)
+    dilate_px: int = Field(4, ge=0, le=256)
+
+    # --- Firebase --------------------------------------------------------------------------
+    project_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "INPAINT_PROJECT_ID", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"
+        ),
+    )
+    bucket: str | None = Field(
+        None, validation_alias=AliasChoices("INPAINT_BUCKET", "FIREBASE_STORAGE_BUCKET")
+    )
+    firebase_credentials: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("FIREBASE_CREDENTIALS")
+    )
+
+    # --- job lifecycle ---------------------------------------------------------------------
+    lease_seconds: float = Field(180.0, gt=0.5, le=3600.0)
+    max_attempts: int = Field(5, ge=1, le=100)
+    max_event_age_seconds: float = Field(3600.0, gt=0.0)
+    price_per_second: float = Field(L4_INSTANCE_PRICE_PER_SECOND, ge=0.0)
+    progress_interval_seconds: float = Field(3.0, ge=0.0)
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.steps > self.max_steps:
+            raise ValueError(
+                f"INPAINT_STEPS={self.steps} exceeds INPAINT_MAX_STEPS={self.max_steps}"
+            )
+        return self
+
+    @property
+    def gguf_path(self) -> Path:
+        """The transformer's GGUF file: explicit, or the weights command's file name."""
+        return self.gguf_file or self.model_dir / gguf_filename(self.quant)
+
+    @property
+    def base_dir(self) -> Path:
+        """Local copy of black-forest-labs/FLUX.1-Fill-dev (without transformer weights)."""
+        return self.model_dir / "base"
+
+    @property
+    def bucket_name(self) -> str | None:
+        """Configured bucket, else the Firebase default bucket of the project."""
+        if self.bucket:
+            return self.bucket
+        return f"{self.project_id}.firebasestorage.app" if self.project_id else None
+
+
+def gguf_filename(quant: str) -> str:
+    """File name used by YarvixPA/FLUX.1-Fill-dev-gguf and by our weights directory."""
+    return f"flux1-fill-dev-{quant}.gguf"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

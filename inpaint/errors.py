@@ -1,0 +1,58 @@
+"""Error taxonomy: the one decision every failure needs is "retry or record".
+
+Permanent errors are the user's (bad photo, missing document, mask of another shape): retrying
+cannot help, so they are written to the session's ``errorMessage`` and the event is acknowledged.
+Transient errors are ours or the platform's (Firestore/Storage unreachable, model not ready):
+they propagate so that Eventarc/Pub/Sub redelivers the event with backoff.
+"""
+
+from __future__ import annotations
+
+
+class InpaintError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class PermanentError(InpaintError):
+    """A failure that no retry can fix. ``message`` is shown to the user as is."""
+
+    def __init__(self, message: str, *, code: str = "invalid_input") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class InvalidImageError(PermanentError):
+    """The photo or mask bytes cannot be used (not an image, truncated, too large, ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_image")
+
+
+class MaskMismatchError(PermanentError):
+    """The mask cannot be aligned with the photo (another aspect ratio)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="mask_mismatch")
+
+
+class InvalidRequestError(PermanentError):
+    """The event or the session document asks for something we refuse (bad IDs, limits)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_request")
+
+
+class NotFoundError(PermanentError):
+    """The session document or one of its input files does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="not_found")
+
+
+class ModelFilesMissingError(InpaintError):
+    """Weights are not where the settings say; the message names the file and the fix."""
+
+
+class TransientError(InpaintError):
+    """A failure worth retrying: the event is answered with 5xx and redelivered."""
