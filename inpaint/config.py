@@ -8,6 +8,7 @@ variables carry the ``INPAINT_`` prefix; ``FIREBASE_CREDENTIALS``, ``GOOGLE_CLOU
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -87,6 +88,13 @@ class Settings(BaseSettings):
     price_per_second: float = Field(L4_INSTANCE_PRICE_PER_SECOND, ge=0.0)
     progress_interval_seconds: float = Field(3.0, ge=0.0)
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    io_timeout_seconds: float = Field(30.0, gt=0.0, description="One Firestore/Storage call.")
+    io_deadline_seconds: float = Field(
+        60.0, gt=0.0, description="Retries of one call give up after this (then redelivery)."
+    )
+    ready_wait_seconds: float = Field(
+        30.0, ge=0.0, description="How long an event waits for warm-up before a 500."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -105,6 +113,11 @@ class Settings(BaseSettings):
     def base_dir(self) -> Path:
         """Local copy of black-forest-labs/FLUX.1-Fill-dev (without transformer weights)."""
         return self.model_dir / "base"
+
+    @property
+    def using_emulators(self) -> bool:
+        """True when the Firebase emulator variables point at local servers."""
+        return bool(os.environ.get("FIRESTORE_EMULATOR_HOST"))
 
     @property
     def bucket_name(self) -> str | None:

@@ -1,0 +1,364 @@
+"""Firestore and Storage, behind the few narrow operations a job needs.
+
+The session document ``users/{u}/sessions/{s}`` is both the user's view of the job and the lock
+that makes at-least-once delivery safe: a job is *claimed* in a transaction that records a lease
+(owner token + expiry). Only the lease owner may complete or fail the job, so N concurrent
+deliveries of one message give exactly one inference, and a worker that dies leaves a lease that
+expires so the redelivered event can take over.
+
+Field names (``processingStatus``, ``editedImagePath``, ``previewImagePath``, ``cost``,
+``errorMessage``) and Storage paths are the contract of the service we replace; the other fields
+(``progress``, ``attempts``, ``lease*``, ``timings``, ...) are additions the app may ignore.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import firebase_admin
+import google.auth.credentials
+from firebase_admin import credentials, firestore, storage
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_transient_error
+from google.cloud.firestore_v1 import Transaction
+
+from inpaint.config import Settings
+from inpaint.errors import InvalidImageError, NotFoundError, TransientError
+from inpaint.events import JobRequest, SessionRef
+
+log = logging.getLogger(__name__)
+
+QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
+PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
+OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
+_TRANSACTION_ATTEMPTS = 25
+
+
+class ClaimOutcome(enum.StrEnum):
+    """What a claim found; only ``ACQUIRED`` means "run the job"."""
+
+    ACQUIRED = "acquired"
+    COMPLETED = "already completed"
+    FAILED = "already failed for this event"
+    BUSY = "processing elsewhere under an unexpired lease"
+    MISSING = "session document not found"
+    EXHAUSTED = "attempts exhausted"
+    EXPIRED = "event too old"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The result of ``claim``; ``owner`` is our lease token when ``ACQUIRED``."""
+
+    outcome: ClaimOutcome
+    session: SessionRef
+    owner: str = ""
+    attempt: int = 0
+    document: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    photo: bytes
+    mask: bytes
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class FirebaseStore:
+    """Firestore + Storage for session jobs. Thread-safe: one instance per process."""
+
+    def __init__(self, settings: Settings, app: firebase_admin.App | None = None) -> None:
+        self._settings = settings
+        self._app = app or _initialize_app(settings)
+        self._db = firestore.client(self._app)
+        self._bucket = storage.bucket(settings.bucket_name, app=self._app)
+        self._instance = uuid.uuid4().hex[:12]
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        deadline = settings.io_deadline_seconds
+        self._retry = Retry(predicate=if_transient_error, initial=0.25, maximum=4, timeout=deadline)
+        self._timeout = settings.io_timeout_seconds
+
+    # ----------------------------------------------------------------------------- claim
+    def claim(self, request: JobRequest, *, now: dt.datetime | None = None) -> Claim:
+        """Takes the session's lease in a transaction, or says why not."""
+        now = now or utcnow()
+        owner = f"{self._instance}:{uuid.uuid4().hex}"
+        ref = self._ref(request.session)
+        with self._running_lock:
+            running = set(self._running)
+
+        @firestore.transactional
+        def run(txn: Transaction) -> Claim:
+            snap = ref.get(transaction=txn, retry=self._retry, timeout=self._timeout)
+            if not snap.exists:
+                return Claim(ClaimOutcome.MISSING, request.session)
+            doc = snap.to_dict() or {}
+            decision = self._decide(doc, request, now, running)
+            if decision is ClaimOutcome.EXHAUSTED:
+                txn.update(ref, self._exhausted_fields(doc, now))
+            elif decision is ClaimOutcome.EXPIRED:
+                txn.update(ref, self._expired_fields(request, now))
+            if decision is not ClaimOutcome.ACQUIRED:
+                return Claim(decision, request.session, document=doc)
+            attempt = self._attempts_so_far(doc, request) + 1
+            txn.update(
+                ref,
+                {
+                    "processingStatus": PROCESSING,
+                    "attempts": attempt,
+                    "leaseOwner": owner,
+                    "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
+                    "eventId": request.event_id,
+                    "startedAt": now,
+                    "updatedAt": now,
+                    "progress": 0.0,
+                    "errorMessage": None,
+                    "errorCode": None,
+                },
+            )
+            return Claim(ClaimOutcome.ACQUIRED, request.session, owner, attempt, doc)
+
+        claim = run(self._db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+        if claim.outcome is ClaimOutcome.ACQUIRED:
+            with self._running_lock:
+                self._running.add(claim.owner)
+        return claim
+
+    def _decide(
+        self, doc: dict[str, Any], request: JobRequest, now: dt.datetime, running: set[str]
+    ) -> ClaimOutcome:
+        status = doc.get("processingStatus")
+        if status == COMPLETED:
+            return ClaimOutcome.COMPLETED
+        if status == FAILED and doc.get("eventId") == request.event_id:
+            return ClaimOutcome.FAILED
+        if status == PROCESSING and self._lease_alive(doc, now, running):
+            return ClaimOutcome.BUSY
+        if request.event_time and (now - request.event_time).total_seconds() > (
+            self._settings.max_event_age_seconds
+        ):
+            return ClaimOutcome.EXPIRED
+        if self._attempts_so_far(doc, request) >= self._settings.max_attempts:
+            return ClaimOutcome.EXHAUSTED
+        return ClaimOutcome.ACQUIRED
+
+    def _lease_alive(self, doc: dict[str, Any], now: dt.datetime, running: set[str]) -> bool:
+        """An unexpired lease, unless it is this process's own lease from a job that ended.
+
+        The second case is a lease we could not release (Firestore was unreachable when the
+        job failed): its event comes back to us, and nobody is working on it.
+        """
+        expires = doc.get("leaseExpiresAt")
+        if not isinstance(expires, dt.datetime) or expires <= now:
+            return False
+        owner = str(doc.get("leaseOwner") or "")
+        return not (owner.startswith(self._instance + ":") and owner not in running)
+
+    @staticmethod
+    def _attempts_so_far(doc: dict[str, Any], request: JobRequest) -> int:
+        """Attempts of this request; a new event for a failed session is a fresh retry."""
+        if doc.get("processingStatus") == FAILED and doc.get("eventId") != request.event_id:
+            return 0
+        attempts = doc.get("attempts")
+        return attempts if isinstance(attempts, int) else 0
+
+    def _exhausted_fields(self, doc: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+        reason = doc.get("lastError") or "a temporary error"
+        return self._failed_fields(
+            f"Processing failed after {self._settings.max_attempts} attempts; "
+            f"the last error was: {reason}",
+            "attempts_exhausted",
+            now,
+        )
+
+    def _expired_fields(self, request: JobRequest, now: dt.datetime) -> dict[str, Any]:
+        assert request.event_time is not None
+        age = (now - request.event_time).total_seconds()
+        return self._failed_fields(
+            f"The request expired: it was sent {age / 60:.0f} minutes ago, more than the "
+            f"limit of {self._settings.max_event_age_seconds / 60:.0f} minutes. "
+            "Please try again.",
+            "expired",
+            now,
+        ) | {"eventId": request.event_id}
+
+    @staticmethod
+    def _failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "processingStatus": FAILED,
+            "errorMessage": message,
+            "errorCode": code,
+            "failedAt": now,
+            "updatedAt": now,
+            "leaseOwner": None,
+            "leaseExpiresAt": None,
+        }
+
+    # ------------------------------------------------------------------------ inputs
+    def load_inputs(self, session: SessionRef) -> Inputs:
+        """Downloads the photo and mask, refusing oversized files before downloading them."""
+        return Inputs(
+            photo=self._download(session.storage_path(PHOTO), "photo"),
+            mask=self._download(session.storage_path(MASK), "mask"),
+        )
+
+    def _download(self, path: str, what: str) -> bytes:
+        blob = self._bucket.get_blob(path, retry=self._retry, timeout=self._timeout)
+        if blob is None:
+            raise NotFoundError(f"The {what} was not found in Storage at {path}.")
+        limit = self._settings.max_input_bytes
+        if blob.size is not None and blob.size > limit:
+            raise InvalidImageError(
+                f"The {what} is {blob.size / 1e6:.1f} MB, above the limit of {limit / 1e6:.1f} MB."
+            )
+        try:
+            return blob.download_as_bytes(
+                retry=self._retry, timeout=self._timeout, if_generation_match=blob.generation
+            )
+        except (gexc.NotFound, gexc.PreconditionFailed) as exc:
+            raise TransientError(f"the {what} changed while it was being read") from exc
+
+    def read_document(self, session: SessionRef) -> dict[str, Any] | None:
+        snap = self._ref(session).get(retry=self._retry, timeout=self._timeout)
+        return snap.to_dict() if snap.exists else None
+
+    # ------------------------------------------------------------------------ outputs
+    def upload_outputs(self, session: SessionRef, edited: bytes, preview: bytes) -> dict[str, str]:
+        """Uploads edited.jpg then preview.jpg; returns the document's path fields."""
+        paths = {"editedImagePath": session.storage_path(EDITED)}
+        paths["previewImagePath"] = session.storage_path(PREVIEW)
+        for path, data in (
+            (paths["editedImagePath"], edited),
+            (paths["previewImagePath"], preview),
+        ):
+            blob = self._bucket.blob(path)
+            blob.cache_control = OUTPUT_CACHE_CONTROL
+            blob.upload_from_string(
+                data, content_type="image/jpeg", retry=self._retry, timeout=self._timeout
+            )
+        return paths
+
+    # ------------------------------------------------------------------ lease updates
+    def heartbeat(self, claim: Claim, progress: float | None) -> None:
+        """Extends our lease and publishes progress (plain update: cheap, every few seconds)."""
+        now = utcnow()
+        fields: dict[str, Any] = {
+            "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
+            "updatedAt": now,
+        }
+        if progress is not None:
+            fields["progress"] = round(progress, 4)
+        self._ref(claim.session).update(fields, retry=self._retry, timeout=self._timeout)
+
+    def complete(self, claim: Claim, fields: dict[str, Any]) -> bool:
+        """Marks the job completed if the lease is still ours; False if we lost it."""
+        now = utcnow()
+        return self._finish(
+            claim,
+            {
+                "processingStatus": COMPLETED,
+                "progress": 1.0,
+                "errorMessage": None,
+                "errorCode": None,
+                "lastError": None,
+                "completedAt": now,
+                "updatedAt": now,
+                "leaseOwner": None,
+                "leaseExpiresAt": None,
+            }
+            | fields,
+        )
+
+    def fail(self, claim: Claim, message: str, code: str) -> bool:
+        """Records a permanent failure the user sees, if the lease is still ours."""
+        return self._finish(claim, self._failed_fields(message, code, utcnow()))
+
+    def release(self, claim: Claim, error: str) -> bool:
+        """Gives the lease up after a transient error so the redelivery can take over."""
+        now = utcnow()
+        return self._finish(
+            claim,
+            {"leaseExpiresAt": now, "lastError": error[:500], "updatedAt": now},
+        )
+
+    def end(self, claim: Claim) -> None:
+        """Forgets a claim in this process (its job is no longer running here)."""
+        with self._running_lock:
+            self._running.discard(claim.owner)
+
+    def _finish(self, claim: Claim, fields: dict[str, Any]) -> bool:
+        ref = self._ref(claim.session)
+
+        @firestore.transactional
+        def run(txn: Transaction) -> bool:
+            snap = ref.get(transaction=txn, retry=self._retry, timeout=self._timeout)
+            doc = snap.to_dict() if snap.exists else None
+            if not doc or doc.get("leaseOwner") != claim.owner:
+                return False
+            txn.update(ref, fields)
+            return True
+
+        ok = run(self._db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+        if not ok:
+            log.warning("lease lost before the job could be recorded", extra={"owner": claim.owner})
+        return ok
+
+    def record_missing(self, session: SessionRef, request: JobRequest) -> None:
+        """A message for a session without a document: leave the user a visible error."""
+        now = utcnow()
+        fields = self._failed_fields(
+            "The session was not found: its document did not exist when processing started.",
+            "not_found",
+            now,
+        ) | {"eventId": request.event_id, "createdBy": "inpaint"}
+        try:
+            self._ref(session).create(fields, retry=self._retry, timeout=self._timeout)
+        except gexc.AlreadyExists:
+            log.info("session document appeared meanwhile; not overwriting it")
+
+    def _ref(self, session: SessionRef) -> Any:
+        return self._db.document(session.document_path)
+
+
+def _initialize_app(settings: Settings) -> firebase_admin.App:
+    """FIREBASE_CREDENTIALS (base64 service-account JSON) > emulators > Application Default."""
+    options: dict[str, Any] = {}
+    if settings.project_id:
+        options["projectId"] = settings.project_id
+    if settings.bucket_name:
+        options["storageBucket"] = settings.bucket_name
+    credential: Any
+    if settings.firebase_credentials is not None:
+        credential = credentials.Certificate(_decode_service_account(settings))
+    elif settings.using_emulators:
+        # firebase-admin 7 still wants a credential with the emulators: an anonymous one.
+        credential = google.auth.credentials.AnonymousCredentials()
+    else:
+        credential = credentials.ApplicationDefault()
+    name = f"inpaint-{uuid.uuid4().hex[:8]}"
+    return firebase_admin.initialize_app(credential, options=options, name=name)
+
+
+def _decode_service_account(settings: Settings) -> dict[str, Any]:
+    assert settings.firebase_credentials is not None
+    raw = settings.firebase_credentials.get_secret_value().strip()
+    try:
+        info = json.loads(raw if raw.startswith("{") else base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("FIREBASE_CREDENTIALS is neither base64 nor JSON") from exc
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ValueError("FIREBASE_CREDENTIALS is not a service-account key")
+    return info

@@ -1,0 +1,298 @@
+"""The job, as short numbered steps: claim, read, repaint, write, record.
+
+Every failure ends in exactly one of two ways. A ``PermanentError`` (the user's input) is written
+to the session document and the event is acknowledged. Anything else is treated as transient:
+the lease is released, and the error propagates so the delivery answers 500 and Eventarc/Pub/Sub
+redelivers it; the claim's attempt counter turns a fault that never heals into a recorded failure
+after ``INPAINT_MAX_ATTEMPTS`` deliveries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from inpaint import imaging
+from inpaint.config import Settings
+from inpaint.errors import InvalidRequestError, PermanentError, TransientError
+from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
+from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore
+from inpaint.logs import log_context
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+
+
+class Model(Protocol):
+    """What a job needs from the pipeline (``inpaint.model.InpaintModel``)."""
+
+    def generate(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: Any,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """Generation parameters for one job: the document's, bounded, or the defaults."""
+
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, recorded in the document and the logs."""
+
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.monotonic() - t0, 4)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+def handle_event(
+    event: Any,
+    store: Callable[[], FirebaseStore],
+    model: Callable[[], Model],
+    settings: Settings,
+    *,
+    trace_header: str | None = None,
+) -> str:
+    """Entry point for one CloudEvent; returns what happened (for logs and tests).
+
+    Malformed events are acknowledged (returning normally), because redelivering them cannot
+    help; transient failures raise ``TransientError``.
+    """
+    try:
+        request = parse_event(event, trace_header=trace_header)
+    except InvalidEventError as exc:
+        log.warning("event rejected: %s", exc.message, extra={"eventId": _event_id(event)})
+        return f"rejected: {exc.message}"
+    if isinstance(request, Ignored):
+        log.info("event ignored: %s", request.reason, extra={"eventId": request.event_id})
+        return f"ignored: {request.reason}"
+    trace = (
+        f"projects/{settings.project_id}/traces/{request.trace_id}" if request.trace_id else None
+    )
+    with log_context(
+        eventId=request.event_id,
+        userId=request.session.user_id,
+        sessionId=request.session.session_id,
+        trace=trace,
+    ):
+        return JobRunner(settings, store(), model).run(request)
+
+
+def _event_id(event: Any) -> str | None:
+    try:
+        return str(event["id"])
+    except (KeyError, TypeError):
+        return None
+
+
+class JobRunner:
+    """Runs one claimed job end to end."""
+
+    def __init__(
+        self, settings: Settings, store: FirebaseStore, model: Callable[[], Model]
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._model = model
+
+    def run(self, request: JobRequest) -> str:
+        # 1. The pipeline must be ready before we take a lease (else: 500, redelivery).
+        model = self._model()
+        # 2. Claim the session; duplicates, busy sessions and spent retries stop here.
+        claim = self._store.claim(request)
+        if claim.outcome is not ClaimOutcome.ACQUIRED:
+            return self._not_acquired(request, claim)
+        log.info("job claimed", extra={"attempt": claim.attempt})
+        timings = Timings()
+        try:
+            self._process(claim, model, timings)
+        except PermanentError as exc:
+            # 8a. The user's input is at fault: record it where the user sees it, acknowledge.
+            log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
+            self._store.fail(claim, exc.message, exc.code)
+            return f"failed: {exc.message}"
+        except Exception as exc:
+            # 8b. Ours or the platform's: release the lease, answer 500 so it is redelivered.
+            log.exception("job interrupted by a transient error; it will be retried")
+            self._release(claim, exc)
+            raise TransientError(f"transient failure: {_describe(exc)}") from exc
+        finally:
+            self._store.end(claim)
+        return "completed"
+
+    def _process(self, claim: Claim, model: Model, timings: Timings) -> None:
+        s = self._settings
+        with Heartbeat(self._store, claim, s) as heartbeat:
+            # 3. Parameters from the document (bounded), defaults otherwise.
+            params = job_params(claim.document, claim.session.session_id, s)
+            # 4. Inputs from Storage (size-checked before download).
+            with timings.stage("download"):
+                inputs = self._store.load_inputs(claim.session)
+            # 5. Decode, validate, plan the region the model sees.
+            with timings.stage("prepare"):
+                prepared = imaging.prepare(
+                    inputs.photo,
+                    inputs.mask,
+                    limits=imaging.ImageLimits.from_settings(s),
+                    work_megapixels=s.work_megapixels,
+                    margin=s.crop_margin,
+                )
+            # 6. Repaint (skipped for an empty mask), paste back, encode.
+            with timings.stage("inference"):
+                generated = None
+                if not prepared.empty:
+                    generated = model.generate(
+                        prepared.model_image, prepared.model_mask, params, heartbeat.progress
+                    )
+            with timings.stage("postprocess"):
+                edited = (
+                    prepared.original
+                    if generated is None
+                    else imaging.composite(
+                        prepared, generated, dilate_px=s.dilate_px, feather_px=s.feather_px
+                    )
+                )
+                edited_jpeg, preview_jpeg = imaging.encode_outputs(edited)
+            # 7. Outputs first, then (lease checked) the status that points at them.
+            with timings.stage("upload"):
+                paths = self._store.upload_outputs(claim.session, edited_jpeg, preview_jpeg)
+        busy = timings.total()
+        done = self._store.complete(
+            claim,
+            paths
+            | {
+                "cost": round(busy * s.price_per_second, 6),
+                "busySeconds": round(busy, 3),
+                "timings": timings.stages | {"total": round(busy, 4)},
+                "seedUsed": params.seed,
+                "promptUsed": params.prompt,
+                "maskEmpty": prepared.empty,
+                "region": list(prepared.region.box) if prepared.region else None,
+            },
+        )
+        log.info(
+            "job completed" if done else "job finished after its lease was lost",
+            extra={"timings": timings.stages, "busySeconds": round(busy, 3)},
+        )
+
+    def _not_acquired(self, request: JobRequest, claim: Claim) -> str:
+        if claim.outcome is ClaimOutcome.MISSING:
+            self._store.record_missing(request.session, request)
+        log.info("job not started: %s", claim.outcome.value, extra={"claim": claim.outcome.name})
+        return f"skipped: {claim.outcome.value}"
+
+    def _release(self, claim: Claim, exc: BaseException) -> None:
+        try:
+            self._store.release(claim, _describe(exc))
+        except Exception:
+            log.exception("could not release the lease; it will expire on its own")
+
+
+def job_params(document: dict[str, Any], session_id: str, settings: Settings) -> JobParams:
+    """Validates the optional ``prompt``, ``seed``, ``steps``, ``guidance`` document fields.
+
+    Without a seed the session ID picks one, so a redelivered job paints the same picture.
+    """
+    prompt = document.get("prompt")
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        prompt = settings.default_prompt
+    if not isinstance(prompt, str):
+        raise InvalidRequestError("The prompt must be text.")
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequestError(
+            f"The prompt is {len(prompt)} characters long; the limit is "
+            f"{settings.max_prompt_chars}."
+        )
+    seed = document.get("seed")
+    if seed is None:
+        seed = int.from_bytes(hashlib.sha256(session_id.encode()).digest()[:4], "big")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidRequestError(f"The seed must be a whole number from 0 to {MAX_SEED}.")
+    steps = document.get("steps", settings.steps)
+    if (
+        isinstance(steps, bool)
+        or not isinstance(steps, int)
+        or not 1 <= steps <= settings.max_steps
+    ):
+        raise InvalidRequestError(
+            f"The steps must be a whole number from 1 to {settings.max_steps}."
+        )
+    guidance = document.get("guidance", settings.guidance)
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+        raise InvalidRequestError("The guidance must be a number from 0 to 100.")
+    if not 0.0 <= float(guidance) <= 100.0:
+        raise InvalidRequestError("The guidance must be a number from 0 to 100.")
+    return JobParams(prompt=prompt.strip(), seed=seed, steps=steps, guidance=float(guidance))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+class Heartbeat:
+    """Keeps the lease alive and publishes progress while a job runs.
+
+    A background thread writes at most every ``progress_interval_seconds`` (and at least three
+    times per lease), so a long denoising loop neither loses its lease nor floods Firestore.
+    """
+
+    def __init__(self, store: FirebaseStore, claim: Claim, settings: Settings) -> None:
+        self._store = store
+        self._claim = claim
+        self._interval = max(
+            0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3)
+        )
+        self._progress: float | None = None
+        self._sent: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def progress(self, step: int, total: int) -> None:
+        """Pipeline step callback: (steps done, total)."""
+        self._progress = min(1.0, max(0.0, step / max(total, 1))) * 0.95
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            progress = self._progress if self._progress != self._sent else None
+            try:
+                self._store.heartbeat(self._claim, progress)
+                self._sent = self._progress if progress is not None else self._sent
+            except Exception as exc:  # the job goes on; the lease check at the end decides
+                log.warning("heartbeat failed: %s", _describe(exc))

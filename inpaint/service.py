@@ -1,0 +1,161 @@
+"""Process-wide state of the serving process: the warmed pipeline and the Firebase store.
+
+The pipeline is loaded by a background thread that starts when this module is imported, so the
+port is bound at once and ``/ready`` can answer 503 while the model loads; one warm-up inference
+must pass before ``/ready`` says 200. A load that fails for a reason a retry can fix is retried a
+few times; after that (or at once for missing files) warm-up has failed for good and ``/health``
+answers 503, so Cloud Run replaces the instance instead of feeding it events.
+
+The loader runs in the process that serves requests: if the module was imported before a fork
+(functions-framework's CLI imports it in gunicorn's parent), the child starts its own loader and
+the parent drops its copy, because a CUDA context does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from inpaint.config import Settings, get_settings
+from inpaint.errors import ModelFilesMissingError, TransientError
+from inpaint.firebase import FirebaseStore
+
+log = logging.getLogger(__name__)
+
+LOAD_ATTEMPTS = 3
+LOAD_BACKOFF_SECONDS = 5.0
+
+
+class State(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Warmup:
+    """Loads and warms the model once per process, in the background."""
+
+    def __init__(self, loader: Callable[[], Any]) -> None:
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._pid: int | None = None
+        self._generation = 0
+        self.state = State.LOADING
+        self.error: str | None = None
+        self.model: Any = None
+        self.seconds: float | None = None
+
+    def start(self) -> None:
+        """Starts loading in this process unless it already has (idempotent, fork-aware)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._generation += 1
+            generation = self._generation
+            self._ready.clear()
+            self.state, self.error, self.model = State.LOADING, None, None
+        threading.Thread(
+            target=self._run, args=(generation,), name="model-warmup", daemon=True
+        ).start()
+
+    def abandon_if_loading(self) -> None:
+        """In a parent after fork: the child loads its own copy, so stop this one.
+
+        Only while still loading: a fork after warm-up is some library's, not a server's.
+        """
+        with self._lock:
+            if self.state is State.LOADING:
+                self._generation += 1
+
+    def _run(self, generation: int) -> None:
+        t0 = time.monotonic()
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            try:
+                model = self._loader()
+                break
+            except ModelFilesMissingError as exc:
+                self._fail(generation, str(exc))
+                return
+            except Exception as exc:
+                log.exception("model warm-up failed (attempt %d/%d)", attempt, LOAD_ATTEMPTS)
+                if attempt == LOAD_ATTEMPTS:
+                    self._fail(generation, f"{type(exc).__name__}: {exc}")
+                    return
+                time.sleep(LOAD_BACKOFF_SECONDS * attempt)
+        with self._lock:
+            if generation != self._generation:
+                return
+            self.model, self.state = model, State.READY
+            self.seconds = round(time.monotonic() - t0, 3)
+        self._ready.set()
+        log.info("model ready", extra={"warmupSeconds": self.seconds})
+
+    def _fail(self, generation: int, error: str) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self.state, self.error = State.FAILED, error
+        log.critical("model warm-up failed for good: %s", error)
+
+    def require(self, timeout: float) -> Any:
+        """The ready model, waiting up to ``timeout``; else ``TransientError`` (redelivery)."""
+        self.start()
+        if self._ready.wait(timeout) and self.model is not None:
+            return self.model
+        raise TransientError(f"the inpainting pipeline is not ready ({self.state.value})")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Liveness: sound unless warm-up failed for good."""
+        self.start()
+        code = 503 if self.state is State.FAILED else 200
+        return code, {"status": "unhealthy" if code == 503 else "ok", "model": self.state.value}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """Readiness: 200 only once the model is loaded and one inference has passed."""
+        self.start()
+        body: dict[str, Any] = {"model": self.state.value}
+        if self.error:
+            body["error"] = self.error
+        if self.seconds is not None:
+            body["warmupSeconds"] = self.seconds
+        return (200 if self.state is State.READY else 503), body
+
+
+def load_and_warm(settings: Settings | None = None) -> Any:
+    """Loads the production pipeline and runs one small inference."""
+    from inpaint.model import InpaintModel  # torch is imported here, in the loader thread
+
+    model = InpaintModel.load(settings or get_settings())
+    model.warm_up()
+    return model
+
+
+class _Store:
+    """Lazily created FirebaseStore (its clients connect on first use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._store: FirebaseStore | None = None
+
+    def __call__(self) -> FirebaseStore:
+        with self._lock:
+            if self._store is None:
+                self._store = FirebaseStore(get_settings())
+            return self._store
+
+
+WARMUP = Warmup(load_and_warm)
+STORE = _Store()
+
+os.register_at_fork(after_in_parent=WARMUP.abandon_if_loading, after_in_child=WARMUP.start)
+
+
+def require_model() -> Any:
+    return WARMUP.require(get_settings().ready_wait_seconds)

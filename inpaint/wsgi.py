@@ -1,0 +1,48 @@
+"""The production WSGI app: one process serving the event target and the health routes.
+
+``functions_framework.create_app`` builds the CloudEvent app (it answers GET with 405), so the
+health target's routes are added to it. Event-level problems that a redelivery cannot fix (a body
+that is not a CloudEvent, a body over the size limit) are acknowledged with 200 and logged: any
+other status would make Pub/Sub redeliver them for a day.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import flask
+import functions_framework
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+
+from inpaint.config import get_settings
+from inpaint.serving import EVENT_TARGET, HEALTH_TARGET
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).resolve().parent.parent / "main.py"
+
+
+def create_app() -> flask.Flask:
+    """The event app with ``GET /health`` and ``GET /ready`` from the health target."""
+    app = functions_framework.create_app(EVENT_TARGET, str(SOURCE), "cloudevent")
+    main = sys.modules[SOURCE.stem]
+    health_view = getattr(main, HEALTH_TARGET)
+    for path, name in (("/health", "health"), ("/ready", "ready")):
+        app.add_url_rule(path, name, lambda: health_view(flask.request), methods=["GET"])
+    app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
+    app.register_error_handler(BadRequest, _acknowledge_bad_event)
+    app.register_error_handler(RequestEntityTooLarge, _acknowledge_bad_event)
+    return app
+
+
+def _acknowledge_bad_event(error: BadRequest) -> tuple[str, int]:
+    """Not a CloudEvent, or too large: log it and acknowledge (redelivery cannot help)."""
+    log.warning(
+        "malformed event acknowledged without processing",
+        extra={"status": error.code, "reason": error.name, "bytes": flask.request.content_length},
+    )
+    return f"acknowledged, not processed: {error.name}\n", 200
+
+
+app = create_app()

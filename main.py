@@ -1,0 +1,46 @@
+"""Cloud Run function targets. Thin on purpose: everything lives in the ``inpaint`` package.
+
+- ``handle_session``: CloudEvent target bound by Eventarc to the Pub/Sub topic (and optionally to
+  Firestore document events). ``functions-framework --target handle_session``.
+- ``health``: HTTP target answering ``/health`` (liveness) and ``/ready`` (readiness).
+  ``functions-framework --target health``.
+
+Importing this module starts loading the FLUX pipeline in the background (``inpaint.service``).
+Production serves both targets from one process: see ``inpaint/wsgi.py``.
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from inpaint import service
+from inpaint.config import get_settings
+from inpaint.jobs import handle_event
+from inpaint.logs import configure_logging
+
+configure_logging()
+service.WARMUP.start()
+
+
+@functions_framework.cloud_event
+def handle_session(cloud_event: CloudEvent) -> None:
+    """Runs the job a session event asks for; raising means "redeliver"."""
+    trace = (
+        flask.request.headers.get("X-Cloud-Trace-Context") if flask.has_request_context() else None
+    )
+    handle_event(
+        cloud_event, service.STORE, service.require_model, get_settings(), trace_header=trace
+    )
+
+
+@functions_framework.http
+def health(request: flask.Request) -> flask.Response:
+    """``/ready``: 200 once warmed up; anything else: liveness (503 only if warm-up failed)."""
+    is_ready_probe = request.path.rstrip("/").endswith("ready")
+    code, body = service.WARMUP.readiness() if is_ready_probe else service.WARMUP.health()
+    response = flask.jsonify(body)
+    response.status_code = code
+    response.headers["Cache-Control"] = "no-store"
+    return response
