@@ -1,0 +1,8 @@
+
+•
+Sprojects/demo-inpaint/databases/(default)/documents/users/user_1/sessions/session-1
+processingStatus	Šqueued
+promptŠa golden retriever•
+Sprojects/demo-inpaint/databases/(default)/documents/users/user_1/sessions/session-1
+processingStatus	Šfailed
+promptŠa golden retriever
