@@ -1,0 +1,161 @@
+"""Fixtures for tests against the real stack: Google's emulators, fake-gcs-server, a gunicorn
+process started with the production serving command, and the tiny model through the production
+loading code."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from firebase_admin import firestore, storage
+from PIL import Image, ImageDraw
+
+from tests.server import ServerProcess
+from tools.stack import LocalStack
+
+FAST_SETTINGS = {
+    "INPAINT_QUANT": "Q8_0",
+    "INPAINT_STEPS": "2",
+    "INPAINT_WARMUP_STEPS": "1",
+    "INPAINT_WORK_MEGAPIXELS": "0.0625",
+    "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "INPAINT_IO_TIMEOUT_SECONDS": "3",
+    "INPAINT_IO_DEADLINE_SECONDS": "4",
+    "INPAINT_READY_WAIT_SECONDS": "10",
+    "THREADS": "8",
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[LocalStack]:
+    with LocalStack(workdir=tmp_path_factory.mktemp("stack")) as running:
+        running.apply_env()
+        yield running
+        running.restore_env()
+
+
+@pytest.fixture(scope="session")
+def server_env(stack, tiny_model_dir) -> dict[str, str]:
+    return stack.env | FAST_SETTINGS | {"INPAINT_MODEL_DIR": str(tiny_model_dir)}
+
+
+@pytest.fixture(scope="session")
+def start_server(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts (and finally stops) servers with extra settings; waits for /ready by default."""
+    started: list[ServerProcess] = []
+    logs = tmp_path_factory.mktemp("server-logs")
+
+    def start(wait: bool = True, **env: str) -> ServerProcess:
+        server = ServerProcess(server_env | env, logs / f"server-{len(started)}.log")
+        started.append(server.start())
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(start_server) -> ServerProcess:
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def fb(stack):
+    app = stack.firebase_app("tests")
+    return firestore.client(app), storage.bucket(app=app)
+
+
+def photo_jpeg(size=(1200, 800)) -> bytes:
+    from skimage import data
+
+    image = Image.fromarray(data.chelsea()).resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def ellipse_mask(size=(1200, 800), box=(0.3, 0.2, 0.6, 0.6)) -> bytes:
+    mask = Image.new("L", size, 0)
+    w, h = size
+    ImageDraw.Draw(mask).ellipse((box[0] * w, box[1] * h, box[2] * w, box[3] * h), fill=255)
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Sessions:
+    """Creates sessions the way the app does and reads back what the function wrote."""
+
+    def __init__(self, db, bucket):
+        self.db, self.bucket = db, bucket
+
+    def create(
+        self,
+        *,
+        photo: bytes | None = None,
+        mask: bytes | None = None,
+        doc: dict | None = None,
+        upload_photo: bool = True,
+        upload_mask: bool = True,
+        create_doc: bool = True,
+    ) -> tuple[str, str]:
+        user, session = f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
+        base = f"users/{user}/sessions/{session}"
+        if upload_photo:
+            self.bucket.blob(f"{base}/original.jpg").upload_from_string(
+                photo if photo is not None else photo_jpeg(), content_type="image/jpeg"
+            )
+        if upload_mask:
+            self.bucket.blob(f"{base}/mask_auto.png").upload_from_string(
+                mask if mask is not None else ellipse_mask(), content_type="image/png"
+            )
+        if create_doc:
+            fields = {"processingStatus": "queued", "createdAt": firestore.SERVER_TIMESTAMP}
+            self.db.document(base).set(fields | (doc or {}))
+        return user, session
+
+    def doc(self, user: str, session: str) -> dict | None:
+        snap = self.db.document(f"users/{user}/sessions/{session}").get()
+        return snap.to_dict() if snap.exists else None
+
+    def wait(self, user, session, statuses=("completed", "failed"), timeout=60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = self.doc(user, session)
+            if doc and doc.get("processingStatus") in statuses:
+                return doc
+            time.sleep(0.1)
+        raise TimeoutError(f"{user}/{session} not in {statuses}: {self.doc(user, session)}")
+
+    def blob(self, user, session, name):
+        return self.bucket.get_blob(f"users/{user}/sessions/{session}/{name}")
+
+    def image(self, user, session, name) -> Image.Image:
+        blob = self.blob(user, session, name)
+        assert blob is not None, f"{name} missing"
+        return Image.open(io.BytesIO(blob.download_as_bytes()))
+
+    def files(self, user, session) -> set[str]:
+        prefix = f"users/{user}/sessions/{session}/"
+        return {b.name.removeprefix(prefix) for b in self.bucket.list_blobs(prefix=prefix)}
+
+
+@pytest.fixture(scope="session")
+def sessions(fb) -> Sessions:
+    return Sessions(*fb)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def inference_count(server: ServerProcess) -> int:
+    """Inferences the server ran for jobs (the log line the job writes when it claims)."""
+    return server.log_text().count('"message": "job claimed"')

@@ -1,0 +1,270 @@
+"""The event function end to end: real CloudEvents over HTTP to the production serving command,
+with Google's Firestore and Pub/Sub emulators, fake-gcs-server and the tiny model."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests import eventlib
+from tests.e2e.conftest import ellipse_mask, inference_count, pixels
+
+SIZE = (1200, 800)
+
+
+def outside_band(mask_png: bytes, margin: int = 24) -> np.ndarray:
+    """Pixels far enough from the mask that paste-back must leave them as they were."""
+    from scipy import ndimage
+
+    mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) > 127
+    return ~ndimage.binary_dilation(mask, iterations=margin)
+
+
+def assert_completed(sessions, user, session, mask_png=None):
+    doc = sessions.doc(user, session)
+    base = f"users/{user}/sessions/{session}"
+    assert doc["processingStatus"] == "completed", doc
+    assert doc["editedImagePath"] == f"{base}/edited.jpg"
+    assert doc["previewImagePath"] == f"{base}/preview.jpg"
+    assert doc["errorMessage"] is None
+    assert isinstance(doc["cost"], float) and 0 < doc["cost"] < 1
+    assert doc["progress"] == 1.0 and doc["attempts"] >= 1
+    assert {"download", "prepare", "inference", "postprocess", "upload", "total"} <= set(
+        doc["timings"]
+    )
+    edited = sessions.image(user, session, "edited.jpg")
+    preview = sessions.image(user, session, "preview.jpg")
+    assert edited.format == "JPEG" and edited.size == SIZE
+    assert preview.format == "JPEG" and max(preview.size) == 512
+    assert abs(preview.size[0] / preview.size[1] - SIZE[0] / SIZE[1]) < 0.01
+    blob = sessions.blob(user, session, "edited.jpg")
+    assert blob.content_type == "image/jpeg" and blob.cache_control
+    original = pixels(sessions.image(user, session, "original.jpg"))
+    out = pixels(edited)
+    keep = outside_band(mask_png or ellipse_mask(SIZE))
+    # Outside the mask only JPEG re-encoding error remains; inside, the (noise) model painted.
+    assert np.abs(out - original)[keep].mean() < 2.0
+    inside = np.asarray(Image.open(io.BytesIO(mask_png or ellipse_mask(SIZE))).convert("L")) > 127
+    assert np.abs(out - original)[inside].mean() > 10
+    return doc
+
+
+@pytest.mark.parametrize("shape", ["binary", "structured", "push", "firestore"])
+def test_every_event_shape_completes_the_job(server, sessions, shape):
+    user, session = sessions.create()
+    build = {
+        "binary": eventlib.pubsub_binary,
+        "structured": eventlib.pubsub_structured,
+        "push": eventlib.pubsub_push,
+        "firestore": eventlib.firestore_event,
+    }[shape]
+    response = server.post(*build(user, session))
+    assert response.status_code == 200, response.text
+    assert_completed(sessions, user, session)
+    assert sessions.files(user, session) == {
+        "original.jpg",
+        "mask_auto.png",
+        "edited.jpg",
+        "preview.jpg",
+    }
+
+
+def test_inputs_are_never_modified(server, sessions):
+    user, session = sessions.create()
+    before = {n: sessions.blob(user, session, n) for n in ("original.jpg", "mask_auto.png")}
+    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    for name, blob in before.items():
+        after = sessions.blob(user, session, name)
+        assert (after.generation, after.md5_hash) == (blob.generation, blob.md5_hash)
+
+
+def test_prompt_and_seed_from_document_are_used(server, sessions):
+    user, session = sessions.create(doc={"prompt": "a tabby cat wearing a hat", "seed": 1234})
+    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    doc = sessions.wait(user, session)
+    assert (doc["promptUsed"], doc["seedUsed"]) == ("a tabby cat wearing a hat", 1234)
+    # Same inputs and seed in another session: identical pixels.
+    user2, session2 = sessions.create(doc={"prompt": "a tabby cat wearing a hat", "seed": 1234})
+    assert server.post(*eventlib.pubsub_binary(user2, session2)).status_code == 200
+    a = pixels(sessions.image(user, session, "edited.jpg"))
+    b = pixels(sessions.image(user2, session2, "edited.jpg"))
+    assert np.array_equal(a, b)
+
+
+def test_sequential_duplicates_run_one_inference(server, sessions):
+    user, session = sessions.create()
+    headers, body = eventlib.pubsub_binary(user, session, "dup-seq-1")
+    claims_before = inference_count(server)
+    for _ in range(3):
+        assert server.post(headers, body).status_code == 200
+    doc = assert_completed(sessions, user, session)
+    assert doc["attempts"] == 1
+    assert inference_count(server) - claims_before == 1
+
+
+def test_concurrent_duplicates_run_one_inference(server, sessions):
+    user, session = sessions.create()
+    headers, body = eventlib.pubsub_binary(user, session, "dup-conc-1")
+    claims_before = inference_count(server)
+    with cf.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: server.post(headers, body).status_code, range(8)))
+    assert codes == [200] * 8
+    doc = assert_completed(sessions, user, session)
+    assert doc["attempts"] == 1
+    assert inference_count(server) - claims_before == 1
+
+
+def test_empty_mask_returns_the_original_without_the_model(server, sessions):
+    empty = io.BytesIO()
+    Image.new("L", SIZE, 0).save(empty, "PNG")
+    user, session = sessions.create(mask=empty.getvalue())
+    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    doc = sessions.wait(user, session)
+    assert doc["processingStatus"] == "completed" and doc["maskEmpty"] is True
+    assert doc["timings"]["inference"] < 0.05
+    original = pixels(sessions.image(user, session, "original.jpg"))
+    assert np.abs(pixels(sessions.image(user, session, "edited.jpg")) - original).mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ({"upload_photo": False}, "The photo was not found in Storage"),
+        ({"upload_mask": False}, "The mask was not found in Storage"),
+        ({"photo": b"<html>not a photo</html>"}, "The photo could not be read"),
+        ({"mask": ellipse_mask((600, 600))}, "aspect ratio"),
+        ({"doc": {"prompt": "x" * 100_000}}, "The prompt is 100000 characters long"),
+        ({"doc": {"seed": "abc"}}, "The seed must be a whole number"),
+    ],
+)
+def test_permanent_errors_are_recorded_and_acknowledged(server, sessions, setup, message):
+    user, session = sessions.create(**setup)
+    response = server.post(*eventlib.pubsub_binary(user, session))
+    assert response.status_code == 200
+    doc = sessions.wait(user, session)
+    assert doc["processingStatus"] == "failed"
+    assert message in doc["errorMessage"], doc["errorMessage"]
+    assert not {"edited.jpg", "preview.jpg"} & sessions.files(user, session)
+    # A redelivery of the same failed event is acknowledged without work.
+    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+
+
+def test_missing_document_is_recorded_where_the_app_looks(server, sessions):
+    user, session = sessions.create(create_doc=False)
+    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    doc = sessions.doc(user, session)
+    assert doc["processingStatus"] == "failed"
+    assert "session was not found" in doc["errorMessage"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"content-type": "application/json"}, b"not json"),
+        ({"content-type": "application/json"}, b"{}"),
+        ({"content-type": "text/plain"}, b"hello"),
+    ],
+)
+def test_malformed_events_are_acknowledged(server, headers, body):
+    response = server.post(headers, body)
+    assert response.status_code == 200
+    assert server.get("/health").status_code == 200
+
+
+def test_oversized_body_is_acknowledged_not_retried(server):
+    headers, _ = eventlib.pubsub_binary("u", "s")
+    response = server.post(headers, b"x" * (10 * 1024 * 1024))
+    assert response.status_code == 200
+    assert "not processed" in response.text
+
+
+def test_invalid_ids_are_acknowledged_and_touch_nothing(server, sessions):
+    headers, body = eventlib.pubsub_binary("../etc", "s")
+    assert server.post(headers, body).status_code == 200
+    assert sessions.db.collection("users").document("..").get().exists is False
+
+
+def test_expired_events_are_marked_failed(server, sessions):
+    user, session = sessions.create()
+    old = "2020-01-01T00:00:00Z"
+    assert server.post(*eventlib.pubsub_binary(user, session, time=old)).status_code == 200
+    doc = sessions.wait(user, session)
+    assert doc["processingStatus"] == "failed" and "expired" in doc["errorMessage"]
+
+
+def test_storage_outage_answers_500_then_a_later_delivery_succeeds(server, sessions, stack):
+    user, session = sessions.create()
+    headers, body = eventlib.pubsub_binary(user, session, "outage-1")
+    with stack.outage("storage"):
+        response = server.post(headers, body)
+    assert response.status_code == 500
+    doc = sessions.doc(user, session)
+    assert doc["processingStatus"] == "processing" and doc["lastError"]
+    assert doc.get("errorMessage") is None
+    response = server.post(headers, body)  # the redelivery
+    assert response.status_code == 200
+    doc = assert_completed(sessions, user, session)
+    assert doc["attempts"] == 2
+
+
+def test_health_and_ready_answer_during_a_job(server, sessions):
+    user, session = sessions.create()
+    with cf.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(server.post, *eventlib.pubsub_binary(user, session))
+        codes = []
+        while not job.done():
+            codes.append((server.get("/health").status_code, server.get("/ready").status_code))
+        assert job.result().status_code == 200
+    assert codes and set(codes) == {(200, 200)}
+    assert server.get("/health").json()["model"] == "ready"
+
+
+def test_ready_is_503_until_warm_then_200(start_server):
+    server = start_server(wait=False)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            ready = server.get("/ready").status_code
+            seen.append((server.get("/health").status_code, ready))
+        except requests.ConnectionError:
+            continue
+        if ready == 200:
+            break
+        time.sleep(0.05)
+    assert seen[0] == (200, 503) and seen[-1] == (200, 200)
+
+
+def test_warmup_failure_makes_health_503_with_the_missing_file(start_server, tmp_path):
+    server = start_server(wait=False, INPAINT_MODEL_DIR=str(tmp_path / "no-weights"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if server.get("/health").status_code == 503:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    health, ready = server.get("/health"), server.get("/ready")
+    assert health.status_code == 503 and ready.status_code == 503
+    assert "flux1-fill-dev-Q8_0.gguf" in ready.json()["error"]
+    assert "python -m inpaint weights" in ready.json()["error"]
+    # Events meanwhile are not acknowledged: they go to a healthy instance later.
+    response = server.post(*eventlib.pubsub_binary("u", "s"))
+    assert response.status_code == 500
+
+
+def test_pubsub_push_subscription_reaches_the_function(server, sessions, stack):
+    topic = stack.create_topic("session-processing")
+    stack.create_push_subscription("session-processing", "push-to-function", server.url + "/")
+    user, session = sessions.create()
+    stack.publish("session-processing", {"userId": user, "sessionId": session})
+    sessions.wait(user, session, timeout=60)
+    assert_completed(sessions, user, session)
+    assert topic.endswith("/topics/session-processing")
