@@ -12,36 +12,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from PIL import Image
-
-from inpaint import imaging
 from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
 from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore
 from inpaint.logs import log_context
+from inpaint.pipeline import Model, Timings, repaint
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-
-
-class Model(Protocol):
-    """What a job needs from the pipeline (``inpaint.model.InpaintModel``)."""
-
-    def generate(
-        self,
-        image: Image.Image,
-        mask: Image.Image,
-        params: Any,
-        on_step: Callable[[int, int], None] | None = None,
-    ) -> Image.Image: ...
 
 
 @dataclass(frozen=True)
@@ -52,25 +36,6 @@ class JobParams:
     seed: int
     steps: int
     guidance: float
-
-
-@dataclass
-class Timings:
-    """Seconds per stage, recorded in the document and the logs."""
-
-    started: float = field(default_factory=time.monotonic)
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.stages[name] = round(time.monotonic() - t0, 4)
-
-    def total(self) -> float:
-        return time.monotonic() - self.started
 
 
 def handle_event(
@@ -135,12 +100,12 @@ class JobRunner:
         try:
             self._process(claim, model, timings)
         except PermanentError as exc:
-            # 8a. The user's input is at fault: record it where the user sees it, acknowledge.
+            # 7a. The user's input is at fault: record it where the user sees it, acknowledge.
             log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
             self._store.fail(claim, exc.message, exc.code)
             return f"failed: {exc.message}"
         except Exception as exc:
-            # 8b. Ours or the platform's: release the lease, answer 500 so it is redelivered.
+            # 7b. Ours or the platform's: release the lease, answer 500 so it is redelivered.
             log.exception("job interrupted by a transient error; it will be retried")
             self._release(claim, exc)
             raise TransientError(f"transient failure: {_describe(exc)}") from exc
@@ -156,34 +121,22 @@ class JobRunner:
             # 4. Inputs from Storage (size-checked before download).
             with timings.stage("download"):
                 inputs = self._store.load_inputs(claim.session)
-            # 5. Decode, validate, plan the region the model sees.
-            with timings.stage("prepare"):
-                prepared = imaging.prepare(
-                    inputs.photo,
-                    inputs.mask,
-                    limits=imaging.ImageLimits.from_settings(s),
-                    work_megapixels=s.work_megapixels,
-                    margin=s.crop_margin,
-                )
-            # 6. Repaint (skipped for an empty mask), paste back, encode.
-            with timings.stage("inference"):
-                generated = None
-                if not prepared.empty:
-                    generated = model.generate(
-                        prepared.model_image, prepared.model_mask, params, heartbeat.progress
-                    )
-            with timings.stage("postprocess"):
-                edited = (
-                    prepared.original
-                    if generated is None
-                    else imaging.composite(
-                        prepared, generated, dilate_px=s.dilate_px, feather_px=s.feather_px
-                    )
-                )
-                edited_jpeg, preview_jpeg = imaging.encode_outputs(edited)
-            # 7. Outputs first, then (lease checked) the status that points at them.
+            # 5. Decode, check, repaint the region around the mask, paste back, encode.
+            result = repaint(
+                inputs.photo,
+                inputs.mask,
+                model,
+                params,
+                s,
+                timings=timings,
+                on_step=heartbeat.progress,
+            )
+            # 6. Outputs first, then (lease checked) the status that points at them.
             with timings.stage("upload"):
-                paths = self._store.upload_outputs(claim.session, edited_jpeg, preview_jpeg)
+                paths = self._store.upload_outputs(
+                    claim.session, result.edited_jpeg, result.preview_jpeg
+                )
+        prepared = result.prepared
         busy = timings.total()
         done = self._store.complete(
             claim,

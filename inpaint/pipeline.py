@@ -1,0 +1,97 @@
+"""Photo + mask bytes -> edited.jpg + preview.jpg bytes: the part of a job that needs no cloud.
+
+The cloud function (``inpaint.jobs``) and the local CLI (``python -m inpaint run``) both call
+``repaint``, so the command line exercises exactly the code that production runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from inpaint import imaging
+from inpaint.config import Settings
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Model(Protocol):
+    """What a job needs from the pipeline (``inpaint.model.InpaintModel``)."""
+
+    def generate(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: Any,
+        on_step: ProgressCallback | None = None,
+    ) -> Image.Image: ...
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, recorded in the session document and the logs."""
+
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Any:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.monotonic() - t0, 4)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True)
+class Result:
+    edited_jpeg: bytes
+    preview_jpeg: bytes
+    prepared: imaging.Prepared
+
+
+def repaint(
+    photo: bytes,
+    mask: bytes,
+    model: Model,
+    params: Any,
+    settings: Settings,
+    *,
+    timings: Timings | None = None,
+    on_step: ProgressCallback | None = None,
+) -> Result:
+    """Decodes and checks the inputs, repaints the masked region, pastes it back, encodes.
+
+    Raises ``PermanentError`` subclasses for unusable inputs. An empty mask skips the model and
+    returns the original (re-encoded).
+    """
+    timings = timings or Timings()
+    with timings.stage("prepare"):
+        prepared = imaging.prepare(
+            photo,
+            mask,
+            limits=imaging.ImageLimits.from_settings(settings),
+            work_megapixels=settings.work_megapixels,
+            margin=settings.crop_margin,
+        )
+    with timings.stage("inference"):
+        generated = None
+        if not prepared.empty:
+            assert prepared.model_image is not None and prepared.model_mask is not None
+            generated = model.generate(prepared.model_image, prepared.model_mask, params, on_step)
+    with timings.stage("postprocess"):
+        edited = prepared.original
+        if generated is not None:
+            edited = imaging.composite(
+                prepared, generated, dilate_px=settings.dilate_px, feather_px=settings.feather_px
+            )
+        edited_jpeg, preview_jpeg = imaging.encode_outputs(edited)
+    return Result(edited_jpeg, preview_jpeg, prepared)
