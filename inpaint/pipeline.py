@@ -81,6 +81,7 @@ def repaint(
             limits=imaging.ImageLimits.from_settings(settings),
             work_megapixels=settings.work_megapixels,
             margin=settings.crop_margin,
+            band_px=settings.dilate_px + settings.feather_px,
         )
     with timings.stage("inference"):
         generated = None
