@@ -1,0 +1,1 @@
+"""Developer tooling: local Google services, demos. Not shipped in the service image."""
