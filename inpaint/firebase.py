@@ -1,7 +1,8 @@
 """Firestore and Storage, behind the few narrow operations a job needs.
 
 The session document ``users/{u}/sessions/{s}`` is both the user's view of the job and the lock
-that makes at-least-once delivery safe: a job is *claimed* in a transaction that records a lease
+that makes at-least-once delivery safe: a job is *claimed* by a conditional write (compare-and-set
+on the document's update time) that records a lease
 (owner token + expiry). Only the lease owner may complete or fail the job, so N concurrent
 deliveries of one message give exactly one inference, and a worker that dies leaves a lease that
 expires so the redelivered event can take over.
@@ -19,17 +20,19 @@ import datetime as dt
 import enum
 import json
 import logging
+import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import firebase_admin
 import google.auth.credentials
 from firebase_admin import credentials, firestore, storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
-from google.cloud.firestore_v1 import Transaction
 
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
 PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
 OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
-_TRANSACTION_ATTEMPTS = 25
+_CAS_ATTEMPTS = 20
+T = TypeVar("T")
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -93,59 +97,60 @@ class FirebaseStore:
 
     # ----------------------------------------------------------------------------- claim
     def claim(self, request: JobRequest, *, now: dt.datetime | None = None) -> Claim:
-        """Takes the session's lease in a transaction, or says why not."""
+        """Takes the session's lease (compare-and-set), or says why not."""
         now = now or utcnow()
         owner = f"{self._instance}:{uuid.uuid4().hex}"
         ref = self._ref(request.session)
+        # Registered before the write: a concurrent claim in this process must see our lease
+        # as running, not as a stale lease of ours to take over.
         with self._running_lock:
-            running = set(self._running)
+            self._running.add(owner)
 
-        @firestore.transactional
-        def run(txn: Transaction) -> Claim:
-            snap = ref.get(transaction=txn, retry=self._retry, timeout=self._timeout)
-            if not snap.exists:
-                return Claim(ClaimOutcome.MISSING, request.session)
-            doc = snap.to_dict() or {}
-            decision = self._decide(doc, request, now, running)
+        def decide(doc: dict[str, Any] | None) -> tuple[Claim, dict[str, Any] | None]:
+            if doc is None:
+                return Claim(ClaimOutcome.MISSING, request.session), None
+            decision = self._decide(doc, request, now)
             if decision is ClaimOutcome.EXHAUSTED:
-                txn.update(ref, self._exhausted_fields(doc, now))
-            elif decision is ClaimOutcome.EXPIRED:
-                txn.update(ref, self._expired_fields(request, now))
+                return Claim(decision, request.session, document=doc), self._exhausted_fields(
+                    doc, now
+                )
+            if decision is ClaimOutcome.EXPIRED:
+                return Claim(decision, request.session, document=doc), self._expired_fields(
+                    request, now
+                )
             if decision is not ClaimOutcome.ACQUIRED:
-                return Claim(decision, request.session, document=doc)
+                return Claim(decision, request.session, document=doc), None
             attempt = self._attempts_so_far(doc, request) + 1
-            txn.update(
-                ref,
-                {
-                    "processingStatus": PROCESSING,
-                    "attempts": attempt,
-                    "leaseOwner": owner,
-                    "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
-                    "eventId": request.event_id,
-                    "startedAt": now,
-                    "updatedAt": now,
-                    "progress": 0.0,
-                    "errorMessage": None,
-                    "errorCode": None,
-                },
-            )
-            return Claim(ClaimOutcome.ACQUIRED, request.session, owner, attempt, doc)
+            fields = {
+                "processingStatus": PROCESSING,
+                "attempts": attempt,
+                "leaseOwner": owner,
+                "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
+                "eventId": request.event_id,
+                "startedAt": now,
+                "updatedAt": now,
+                "progress": 0.0,
+                "errorMessage": None,
+                "errorCode": None,
+            }
+            return Claim(ClaimOutcome.ACQUIRED, request.session, owner, attempt, doc), fields
 
-        claim = run(self._db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
-        if claim.outcome is ClaimOutcome.ACQUIRED:
-            with self._running_lock:
-                self._running.add(claim.owner)
-        return claim
+        acquired = False
+        try:
+            claim = self._compare_and_set(ref, decide)
+            acquired = claim.outcome is ClaimOutcome.ACQUIRED
+            return claim
+        finally:
+            if not acquired:
+                self._forget(owner)
 
-    def _decide(
-        self, doc: dict[str, Any], request: JobRequest, now: dt.datetime, running: set[str]
-    ) -> ClaimOutcome:
+    def _decide(self, doc: dict[str, Any], request: JobRequest, now: dt.datetime) -> ClaimOutcome:
         status = doc.get("processingStatus")
         if status == COMPLETED:
             return ClaimOutcome.COMPLETED
         if status == FAILED and doc.get("eventId") == request.event_id:
             return ClaimOutcome.FAILED
-        if status == PROCESSING and self._lease_alive(doc, now, running):
+        if status == PROCESSING and self._lease_alive(doc, now):
             return ClaimOutcome.BUSY
         if request.event_time and (now - request.event_time).total_seconds() > (
             self._settings.max_event_age_seconds
@@ -155,7 +160,7 @@ class FirebaseStore:
             return ClaimOutcome.EXHAUSTED
         return ClaimOutcome.ACQUIRED
 
-    def _lease_alive(self, doc: dict[str, Any], now: dt.datetime, running: set[str]) -> bool:
+    def _lease_alive(self, doc: dict[str, Any], now: dt.datetime) -> bool:
         """An unexpired lease, unless it is this process's own lease from a job that ended.
 
         The second case is a lease we could not release (Firestore was unreachable when the
@@ -165,7 +170,10 @@ class FirebaseStore:
         if not isinstance(expires, dt.datetime) or expires <= now:
             return False
         owner = str(doc.get("leaseOwner") or "")
-        return not (owner.startswith(self._instance + ":") and owner not in running)
+        if not owner.startswith(self._instance + ":"):
+            return True
+        with self._running_lock:
+            return owner in self._running
 
     @staticmethod
     def _attempts_so_far(doc: dict[str, Any], request: JobRequest) -> int:
@@ -296,22 +304,21 @@ class FirebaseStore:
 
     def end(self, claim: Claim) -> None:
         """Forgets a claim in this process (its job is no longer running here)."""
+        self._forget(claim.owner)
+
+    def _forget(self, owner: str) -> None:
         with self._running_lock:
-            self._running.discard(claim.owner)
+            self._running.discard(owner)
 
     def _finish(self, claim: Claim, fields: dict[str, Any]) -> bool:
         ref = self._ref(claim.session)
 
-        @firestore.transactional
-        def run(txn: Transaction) -> bool:
-            snap = ref.get(transaction=txn, retry=self._retry, timeout=self._timeout)
-            doc = snap.to_dict() if snap.exists else None
+        def decide(doc: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
             if not doc or doc.get("leaseOwner") != claim.owner:
-                return False
-            txn.update(ref, fields)
-            return True
+                return False, None
+            return True, fields
 
-        ok = run(self._db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+        ok = self._compare_and_set(ref, decide)
         if not ok:
             log.warning("lease lost before the job could be recorded", extra={"owner": claim.owner})
         return ok
@@ -328,6 +335,29 @@ class FirebaseStore:
             self._ref(session).create(fields, retry=self._retry, timeout=self._timeout)
         except gexc.AlreadyExists:
             log.info("session document appeared meanwhile; not overwriting it")
+
+    def _compare_and_set(
+        self, ref: Any, decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]]
+    ) -> T:
+        """Read, decide, write only if nobody wrote in between (optimistic concurrency).
+
+        The write carries the read's ``update_time`` as a precondition, so of N racing
+        claimants exactly one succeeds; the others re-read and see the winner's lease. This
+        avoids Firestore transactions, whose pessimistic locks make N contending claims wait
+        for lock timeouts and abort in lockstep.
+        """
+        for attempt in range(_CAS_ATTEMPTS):
+            snap = ref.get(retry=self._retry, timeout=self._timeout)
+            result, fields = decide(snap.to_dict() if snap.exists else None)
+            if fields is None:
+                return result
+            option = self._db.write_option(last_update_time=snap.update_time)
+            try:
+                ref.update(fields, option=option, retry=self._retry, timeout=self._timeout)
+                return result
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise TransientError(f"{ref.path} is changing too fast to update; retry later")
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)

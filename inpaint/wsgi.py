@@ -14,7 +14,12 @@ from pathlib import Path
 
 import flask
 import functions_framework
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
 
 from inpaint.config import get_settings
 from inpaint.serving import EVENT_TARGET, HEALTH_TARGET
@@ -31,12 +36,12 @@ def create_app() -> flask.Flask:
     for path, name in (("/health", "health"), ("/ready", "ready")):
         app.add_url_rule(path, name, lambda: health_view(flask.request), methods=["GET"])
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
-    app.register_error_handler(BadRequest, _acknowledge_bad_event)
-    app.register_error_handler(RequestEntityTooLarge, _acknowledge_bad_event)
+    for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
+        app.register_error_handler(error, _acknowledge_bad_event)
     return app
 
 
-def _acknowledge_bad_event(error: BadRequest) -> tuple[str, int]:
+def _acknowledge_bad_event(error: HTTPException) -> tuple[str, int]:
     """Not a CloudEvent, or too large: log it and acknowledge (redelivery cannot help)."""
     log.warning(
         "malformed event acknowledged without processing",

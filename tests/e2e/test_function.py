@@ -184,10 +184,14 @@ def test_oversized_body_is_acknowledged_not_retried(server):
     assert "not processed" in response.text
 
 
-def test_invalid_ids_are_acknowledged_and_touch_nothing(server, sessions):
-    headers, body = eventlib.pubsub_binary("../etc", "s")
-    assert server.post(headers, body).status_code == 200
-    assert sessions.db.collection("users").document("..").get().exists is False
+def test_invalid_ids_are_acknowledged_and_touch_nothing(server, sessions, stack):
+    users_before = {d.id for d in sessions.db.collection("users").list_documents()}
+    objects_before = set(stack.list_objects())
+    for user in ("../etc", "a/b", "x" * 129, "ü"):
+        assert server.post(*eventlib.pubsub_binary(user, "s")).status_code == 200
+    assert {d.id for d in sessions.db.collection("users").list_documents()} == users_before
+    assert set(stack.list_objects()) == objects_before
+    assert "event rejected: userId" in server.log_text()
 
 
 def test_expired_events_are_marked_failed(server, sessions):
