@@ -105,7 +105,10 @@ class JobRunner:
             self._store.fail(claim, exc.message, exc.code)
             return f"failed: {exc.message}"
         except Exception as exc:
-            # 7b. Ours or the platform's: release the lease, answer 500 so it is redelivered.
+            # 7b. Ours or the platform's: release the lease, answer 500 so it is redelivered,
+            # unless this was the last attempt the budget allows: then record the failure.
+            if claim.attempt >= self._settings.max_attempts and self._give_up(claim, exc):
+                return "failed: attempts exhausted"
             log.exception("job interrupted by a transient error; it will be retried")
             self._release(claim, exc)
             raise TransientError(f"transient failure: {_describe(exc)}") from exc
@@ -161,6 +164,19 @@ class JobRunner:
             self._store.record_missing(request.session, request)
         log.info("job not started: %s", claim.outcome.value, extra={"claim": claim.outcome.name})
         return f"skipped: {claim.outcome.value}"
+
+    def _give_up(self, claim: Claim, exc: BaseException) -> bool:
+        """Marks the job failed after its last allowed attempt; False if that write fails."""
+        log.error("job failed on its last attempt: %s", _describe(exc), exc_info=exc)
+        message = (
+            f"Processing failed after {claim.attempt} attempts because of a temporary problem "
+            f"on our side ({_describe(exc)}). Please try again later."
+        )
+        try:
+            return self._store.fail(claim, message, "attempts_exhausted")
+        except Exception:
+            log.exception("could not record the failure; the event will be redelivered")
+            return False
 
     def _release(self, claim: Claim, exc: BaseException) -> None:
         try:
