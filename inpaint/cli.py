@@ -17,6 +17,7 @@ from typing import Any
 
 from inpaint.config import QUANTS, Settings
 from inpaint.errors import ModelFilesMissingError, PermanentError
+from inpaint.weights import WeightsDownloadError
 
 log = logging.getLogger("inpaint.cli")
 DEFAULT_TINY_DIR = Path("build/tiny-model")
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFilesMissingError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 3
+    except WeightsDownloadError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -170,12 +174,9 @@ class _Bar:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from inpaint.weights import download
+    from inpaint.weights import download, resolve_token
 
-    token = None
-    if args.token_file is not None:
-        token = args.token_file.read_text().strip() or None
-    download(args.dest, args.quant, token or os.environ.get("HF_TOKEN") or None)
+    download(args.dest, args.quant, resolve_token(token_file=args.token_file))
     sys.stdout.write(f"weights ready in {args.dest}\n")
     return 0
 

@@ -1,0 +1,323 @@
+"""FLUX.1-Fill-dev behind one small interface: load once, then ``generate`` per job.
+
+This is the only product module that imports torch and diffusers, so everything else (event
+handling, imaging, Firestore) stays importable and testable without them. The transformer comes
+from a GGUF file (Q4_0 is 6.8 GB instead of 23 GB), everything else from a local diffusers copy of
+``black-forest-labs/FLUX.1-Fill-dev`` written by ``python -m inpaint weights``; nothing is ever
+fetched from the Hub at run time (a missing file is a deployment error, named with its fix).
+
+Decisions made here and why:
+
+* One lock around all model work: the GPU holds one job at a time, and a second concurrent job
+  would only double memory and make both slower.
+* Prompt embeddings are cached (LRU): most jobs use the default prompt, and CLIP + T5-XXL cost
+  a noticeable share of a job on a GPU and T5 is 9.5 GB of weights to run through.
+* Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
+  independently of which GPU ran it (up to kernel nondeterminism).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before diffusers/transformers are imported: they read these at import time. Offline, because
+# every file must come from the weights directory; no GGUF CUDA kernels, because diffusers would
+# download their code from the Hub at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    FluxFillPipeline,
+    FluxTransformer2DModel,
+    GGUFQuantizationConfig,
+)
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from inpaint.config import Settings
+from inpaint.errors import ModelFilesMissingError
+from inpaint.weights import missing_files
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called after each denoising step with (steps done, total steps)."""
+
+# FLUX's T5 context length; a tokenizer with a shorter model_max_length (the tiny test model)
+# lowers it, because the pipeline pads every prompt to exactly this many tokens.
+MAX_SEQUENCE_LENGTH = 512
+# Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
+SIZE_MULTIPLE = 16
+WARMUP_SIZE = 256
+
+_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What varies per job. Bounds are the caller's business (settings); see ``generate``."""
+
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class _PromptEmbeddings:
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+
+
+def weights_command(settings: Settings) -> str:
+    """The command that creates the weights directory these settings point at."""
+    return f"python -m inpaint weights --dest {settings.model_dir} --quant {settings.quant}"
+
+
+def check_model_files(settings: Settings) -> None:
+    """Raises ModelFilesMissingError naming the missing files and the command that fetches them.
+
+    Checked up front because diffusers, offline, reports a missing file as a confusing Hub
+    error, possibly minutes into loading.
+    """
+    missing = missing_files(settings.base_dir, settings.gguf_path)
+    if not missing:
+        return
+    shown = ", ".join(str(p) for p in missing[:5])
+    more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+    raise ModelFilesMissingError(
+        f"model file missing: {shown}{more}. Fetch the weights with: {weights_command(settings)}"
+    )
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` picks CUDA when present, else CPU; an explicit CUDA without one is an error."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"INPAINT_DEVICE={setting} but torch sees no CUDA device")
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on GPU (FLUX's native dtype), float32 on CPU (bf16 matmuls are slow
+    there and half precision is unsupported for some CPU ops)."""
+    if setting == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return _DTYPES[setting]
+    except KeyError:
+        raise ValueError(
+            f"unsupported dtype {setting!r}; expected one of {sorted(_DTYPES)}"
+        ) from None
+
+
+class InpaintModel:
+    """A loaded FluxFillPipeline plus the policies around it (lock, prompt cache, seeding)."""
+
+    device: str
+    dtype_name: str
+
+    def __init__(
+        self, pipe: FluxFillPipeline, settings: Settings, device: str, dtype: torch.dtype
+    ) -> None:
+        """Wraps an already loaded pipeline; use ``load`` to build one from settings."""
+        self.pipe = pipe
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self.dtype_name = str(dtype).removeprefix("torch.")
+        self.quant = settings.quant
+        self.gguf_path = settings.gguf_path
+        self.dequantized = False
+        self.load_seconds = 0.0
+        self._lock = threading.RLock()
+        self._prompt_cache: OrderedDict[tuple[str, int], _PromptEmbeddings] = OrderedDict()
+        tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+        limit = getattr(tokenizer_2, "model_max_length", MAX_SEQUENCE_LENGTH)
+        self.max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(limit))
+
+    @classmethod
+    def load(cls, settings: Settings) -> InpaintModel:
+        """Loads the GGUF transformer and the base pipeline from ``settings.model_dir``.
+
+        Raises ModelFilesMissingError (with the fix) before touching diffusers when a file is
+        missing, and ValueError for contradictory device settings.
+        """
+        check_model_files(settings)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        on_gpu = device.startswith("cuda")
+        if settings.cpu_offload and settings.dequantize:
+            raise ValueError(
+                "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
+                "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
+            )
+        started = time.perf_counter()
+        # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(settings.gguf_path),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=str(settings.base_dir),
+            subfolder="transformer",
+            dtype=dtype,
+            local_files_only=True,
+        )
+        pipe = FluxFillPipeline.from_pretrained(
+            str(settings.base_dir),
+            transformer=transformer,
+            dtype=dtype,
+            local_files_only=True,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        if settings.cpu_offload and on_gpu:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            if settings.cpu_offload:
+                logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
+            pipe.to(device)
+        model = cls(pipe, settings, device, dtype)
+        if settings.dequantize:
+            model._dequantize()
+        model.load_seconds = time.perf_counter() - started
+        logger.info(
+            "model loaded",
+            extra={
+                "device": device,
+                "dtype": model.dtype_name,
+                "gguf": str(settings.gguf_path),
+                "dequantized": model.dequantized,
+                "loadSeconds": round(model.load_seconds, 2),
+            },
+        )
+        return model
+
+    def _dequantize(self) -> None:
+        """Replaces every GGUF linear layer by a dense one in the compute dtype, once.
+
+        GGUFLinear dequantizes its whole weight on every forward call; paying that once at load
+        makes each step cheaper at the price of the dense model's memory (~24 GB in bf16 for
+        FLUX, so only for large GPUs or CPU). Uses diffusers' own ``ModelMixin.dequantize``,
+        which runs where the transformer already lives (we moved it to ``device`` first).
+        """
+        transformer = self.pipe.transformer
+        if getattr(transformer, "hf_quantizer", None) is None:
+            return
+        transformer.dequantize()  # diffusers casts each weight to the layer's compute dtype
+        self.dequantized = True
+
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``, from the LRU cache
+        when possible, so a repeated prompt skips both text encoders."""
+        key = (prompt, self.max_sequence_length)
+        with self._lock:
+            cached = self._prompt_cache.get(key)
+            if cached is not None:
+                self._prompt_cache.move_to_end(key)
+                return cached.prompt_embeds, cached.pooled_prompt_embeds
+            with torch.no_grad():
+                prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
+                    prompt=prompt,
+                    prompt_2=None,
+                    device=self.pipe._execution_device,
+                    max_sequence_length=self.max_sequence_length,
+                )
+            capacity = self.settings.prompt_cache_size
+            if capacity > 0:
+                self._prompt_cache[key] = _PromptEmbeddings(prompt_embeds, pooled)
+                while len(self._prompt_cache) > capacity:
+                    self._prompt_cache.popitem(last=False)
+            return prompt_embeds, pooled
+
+    def generate(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: GenerationParams,
+        on_step: ProgressCallback | None = None,
+    ) -> Image.Image:
+        """Inpaints the white area of ``mask`` in ``image``; returns RGB of ``image``'s size.
+
+        The caller chooses the working size (multiples of 16) and pastes the result back; we
+        only refuse what would make the pipeline silently resize or fail deep inside.
+        """
+        if params.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {params.steps}")
+        if image.size != mask.size:
+            raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
+        width, height = image.size
+        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width < 1 or height < 1:
+            raise ValueError(f"image size {image.size} must be positive multiples of 16")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        gray = mask if mask.mode == "L" else mask.convert("L")
+        total = params.steps
+
+        def step_end(
+            _pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(index + 1, total)
+            return {}
+
+        with self._lock:
+            prompt_embeds, pooled = self.encode_prompt(params.prompt)
+            generator = torch.Generator("cpu").manual_seed(params.seed)
+            # no_grad, not inference_mode: offload hooks move parameters during the call, and
+            # parameters turned into inference tensors would break later (grad-mode) use.
+            with torch.no_grad():
+                result = self.pipe(
+                    image=rgb,
+                    mask_image=gray,
+                    height=height,
+                    width=width,
+                    guidance_scale=params.guidance,
+                    num_inference_steps=params.steps,
+                    max_sequence_length=self.max_sequence_length,
+                    generator=generator,
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    output_type="pil",
+                    callback_on_step_end=step_end,
+                )
+        out: Image.Image = result.images[0]
+        if out.size != image.size:  # cannot happen for multiples of 16; never return a surprise
+            out = out.resize(image.size, Image.Resampling.LANCZOS)
+        return out if out.mode == "RGB" else out.convert("RGB")
+
+    def warm_up(self) -> None:
+        """One small inference so the first real job does not pay first-call costs (CUDA
+        context and kernel selection, allocator growth, lazy imports); it also caches the
+        default prompt's embeddings, which most jobs use."""
+        size = WARMUP_SIZE
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+        mask = Image.new("L", (size, size), 0)
+        mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+        params = GenerationParams(
+            prompt=self.settings.default_prompt,
+            seed=0,
+            steps=self.settings.warmup_steps,
+            guidance=self.settings.guidance,
+        )
+        started = time.perf_counter()
+        self.generate(image, mask, params)
+        logger.info(
+            "model warmed up",
+            extra={"warmupSeconds": round(time.perf_counter() - started, 2), "size": size},
+        )

@@ -1,0 +1,25 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A weights directory (``base/`` + Q8_0 and Q4_0 GGUF files) holding the tiny random FLUX
+    Fill model in the diffusers key layout, for ``Settings(model_dir=..., quant=...)``.
+
+    Built once into build/ and reused by later sessions (the builder's marker is keyed by its
+    version, and a file lock serialises parallel sessions), so only the first run pays ~5 s.
+    """
+    from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
+
+    dest = ROOT / "build" / f"tiny-model-v{TINY_MODEL_VERSION}"
+    build_tiny_model(dest, layout="diffusers", quant="Q8_0")
+    build_tiny_model(dest, layout="diffusers", quant="Q4_0")
+    return dest

@@ -1,0 +1,269 @@
+"""InpaintModel through the production loading path, on the tiny random model (CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers.quantizers.gguf.utils import GGUFLinear
+from PIL import Image
+
+from inpaint import model as model_module
+from inpaint.config import Settings
+from inpaint.errors import ModelFilesMissingError
+from inpaint.model import GenerationParams, InpaintModel, resolve_device, resolve_dtype
+from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings(model_dir, **overrides) -> Settings:
+    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "auto", "dtype": "auto"}
+    return Settings(**(values | overrides))
+
+
+def photo(size=(128, 128)):
+    width, height = size
+    ramp = np.linspace(0, 255, width * height * 3, dtype=np.float32).reshape(height, width, 3)
+    image = Image.fromarray(ramp.astype(np.uint8))
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return image, mask
+
+
+def params(prompt="a cat on a sofa", seed=7, steps=2, guidance=30.0):
+    return GenerationParams(prompt=prompt, seed=seed, steps=steps, guidance=guidance)
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir) -> InpaintModel:
+    return InpaintModel.load(settings(tiny_model_dir))
+
+
+def test_loads_gguf_quantized_transformer_on_cpu_float32(model):
+    assert model.device == "cpu" and model.dtype_name == "float32"
+    assert model.dtype == torch.float32 and not model.dequantized
+    layers = [m for m in model.pipe.transformer.modules() if isinstance(m, GGUFLinear)]
+    assert layers, "the transformer should run on GGUF weights"
+    assert {int(m.weight.quant_type) for m in layers} >= {8}  # GGML type 8 = Q8_0
+    assert model.pipe.vae.dtype == torch.float32
+    assert model.max_sequence_length == 32  # the tiny T5 tokenizer's limit, not 512
+
+
+def test_generate_returns_rgb_of_the_input_size(model):
+    image, mask = photo((256, 256))
+    out = model.generate(image, mask, params())
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (256, 256)
+    image, mask = photo((192, 128))
+    out = model.generate(image.convert("RGBA"), mask.convert("1"), params(steps=1))
+    assert out.mode == "RGB" and out.size == (192, 128)
+    assert pixels(out).std() > 0
+
+
+def test_same_seed_same_pixels_other_seed_differs(model):
+    image, mask = photo()
+    first = model.generate(image, mask, params(seed=11))
+    again = model.generate(image, mask, params(seed=11))
+    other = model.generate(image, mask, params(seed=12))
+    assert np.array_equal(pixels(first), pixels(again))
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
+
+
+def test_progress_callback_gets_each_step(model):
+    image, mask = photo()
+    calls = []
+    model.generate(
+        image, mask, params(steps=3), on_step=lambda done, total: calls.append((done, total))
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+class EncoderCalls:
+    """Counts forward calls of both text encoders."""
+
+    def __init__(self, pipe):
+        self.count = {"clip": 0, "t5": 0}
+        self.handles = [
+            pipe.text_encoder.register_forward_hook(lambda *_: self.bump("clip")),
+            pipe.text_encoder_2.register_forward_hook(lambda *_: self.bump("t5")),
+        ]
+
+    def bump(self, name):
+        self.count[name] += 1
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_repeated_prompt_skips_both_text_encoders(model):
+    image, mask = photo()
+    calls = EncoderCalls(model.pipe)
+    try:
+        first = model.generate(image, mask, params(prompt="a brand new prompt"))
+        assert calls.count == {"clip": 1, "t5": 1}
+        second = model.generate(image, mask, params(prompt="a brand new prompt"))
+        assert calls.count == {"clip": 1, "t5": 1}
+        model.generate(image, mask, params(prompt="another prompt"))
+        assert calls.count == {"clip": 2, "t5": 2}
+    finally:
+        calls.remove()
+    assert np.array_equal(pixels(first), pixels(second))
+
+
+def test_prompt_cache_is_lru_and_can_be_off(model, tiny_model_dir):
+    small = InpaintModel(
+        model.pipe, settings(tiny_model_dir, prompt_cache_size=2), "cpu", torch.float32
+    )
+    off = InpaintModel(
+        model.pipe, settings(tiny_model_dir, prompt_cache_size=0), "cpu", torch.float32
+    )
+    calls = EncoderCalls(model.pipe)
+    try:
+        for prompt in ("a", "b", "a", "c", "b"):  # "b" was evicted by "c" (LRU keeps a, c)
+            small.encode_prompt(prompt)
+        assert calls.count["t5"] == 4
+        off.encode_prompt("a")
+        off.encode_prompt("a")
+        assert calls.count["t5"] == 6
+    finally:
+        calls.remove()
+    embeds, pooled = small.encode_prompt("a")
+    assert embeds.shape == (1, 32, 32) and pooled.shape == (1, 32)
+
+
+def test_generate_rejects_nonsense(model):
+    image, mask = photo()
+    with pytest.raises(ValueError, match="steps"):
+        model.generate(image, mask, params(steps=0))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generate(*photo((120, 128)), params())
+    with pytest.raises(ValueError, match="mask size"):
+        model.generate(image, mask.resize((64, 64)), params())
+
+
+def test_generation_is_serialised(model):
+    """Two threads never run the pipeline at the same time: each job's steps are contiguous."""
+    image, mask = photo((64, 64))
+    events = []
+
+    def job(name):
+        model.generate(image, mask, params(steps=3), on_step=lambda done, _: events.append(name))
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("x", "y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(events) == ["x"] * 3 + ["y"] * 3
+    assert events in (["x"] * 3 + ["y"] * 3, ["y"] * 3 + ["x"] * 3)
+
+
+def test_warm_up_runs_and_caches_the_default_prompt(model):
+    calls = EncoderCalls(model.pipe)
+    try:
+        model.warm_up()
+        after_warm_up = dict(calls.count)
+        model.encode_prompt(model.settings.default_prompt)
+    finally:
+        calls.remove()
+    assert calls.count == after_warm_up
+    assert (model.settings.default_prompt, model.max_sequence_length) in model._prompt_cache
+
+
+def test_q4_0_file_loads_and_generates(tiny_model_dir):
+    q4 = InpaintModel.load(settings(tiny_model_dir, quant="Q4_0"))
+    layers = [m for m in q4.pipe.transformer.modules() if isinstance(m, GGUFLinear)]
+    assert {int(m.weight.quant_type) for m in layers} >= {2}  # GGML type 2 = Q4_0
+    out = q4.generate(*photo(), params())
+    assert out.size == (128, 128) and out.mode == "RGB"
+
+
+def test_dequantize_replaces_gguf_layers_with_the_same_numbers(model, tiny_model_dir):
+    dense = InpaintModel.load(settings(tiny_model_dir, dequantize=True))
+    assert dense.dequantized
+    transformer = dense.pipe.transformer
+    assert not any(isinstance(m, GGUFLinear) for m in transformer.modules())
+    weight = transformer.transformer_blocks[0].attn.to_q.weight
+    assert type(weight) is torch.nn.Parameter and weight.dtype == torch.float32
+    assert {p.dtype for p in transformer.parameters()} == {torch.float32}
+    image, mask = photo()
+    expected = model.generate(image, mask, params(seed=5))
+    got = dense.generate(image, mask, params(seed=5))
+    assert np.abs(pixels(expected) - pixels(got)).max() <= 1
+
+
+def test_dequantize_with_cpu_offload_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="cannot be combined"):
+        InpaintModel.load(settings(tiny_model_dir, dequantize=True, cpu_offload=True))
+
+
+def test_missing_files_are_named_with_the_command(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelFilesMissingError) as info:
+        InpaintModel.load(settings(tmp_path, quant="Q4_0"))
+    message = str(info.value)
+    assert str(tmp_path / "flux1-fill-dev-Q4_0.gguf") in message
+    assert f"python -m inpaint weights --dest {tmp_path} --quant Q4_0" in message
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("*Q4_0.gguf", ".tiny*"))
+    (copy / "base" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelFilesMissingError) as info:
+        InpaintModel.load(settings(copy))
+    message = str(info.value)
+    assert "vae/diffusion_pytorch_model.safetensors" in message
+    assert "flux1-fill-dev" not in message.split("Fetch")[0]  # the GGUF file is there
+    assert f"--dest {copy} --quant Q8_0" in message
+
+
+def test_sharded_text_encoder_needs_every_shard(tmp_path, tiny_model_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("*Q4_0.gguf", ".tiny*"))
+    t5 = copy / "base" / "text_encoder_2"
+    (t5 / "model.safetensors").rename(t5 / "model-00001-of-00002.safetensors")
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = {"weight_map": {"a": shards[0], "b": shards[1]}}
+    (t5 / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelFilesMissingError) as info:
+        InpaintModel.load(settings(copy))
+    assert str(t5 / shards[1]) in str(info.value)
+    assert str(t5 / shards[0]) not in str(info.value)
+
+
+def test_device_and_dtype_selection(monkeypatch):
+    assert resolve_device("auto") == "cpu"  # no CUDA on the test machines
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="no CUDA"):
+        resolve_device("cuda")
+    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_bfl_layout_gguf_loads_through_the_converter():
+    """The published files use BFL key names (width 3072): built once, cached in build/."""
+    dest = ROOT / "build" / f"tiny-model-bfl-v{TINY_MODEL_VERSION}"
+    build_tiny_model(dest, layout="bfl", quant="Q4_0")
+    model = InpaintModel.load(settings(dest, quant="Q4_0"))
+    transformer = model.pipe.transformer
+    assert transformer.config.num_attention_heads * transformer.config.attention_head_dim == 3072
+    assert (
+        len(transformer.transformer_blocks) == 1 and len(transformer.single_transformer_blocks) == 1
+    )
+    assert isinstance(transformer.single_transformer_blocks[0].attn.to_k, GGUFLinear)
+    assert transformer.single_transformer_blocks[0].attn.to_k.weight.quant_shape == (3072, 3072)
+    calls = []
+    out = model.generate(*photo((32, 32)), params(steps=1), on_step=lambda *a: calls.append(a))
+    assert out.size == (32, 32) and out.mode == "RGB" and calls == [(1, 1)]
