@@ -21,7 +21,7 @@ from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
 
 configure_logging()
-service.WARMUP.start()
+service.start_warmup()
 
 
 @functions_framework.cloud_event

@@ -1,6 +1,6 @@
 """Process-wide state of the serving process: the warmed pipeline and the Firebase store.
 
-The pipeline is loaded by a background thread that starts when this module is imported, so the
+The pipeline is loaded by a background thread that starts when ``main`` is imported, so the
 port is bound at once and ``/ready`` can answer 503 while the model loads; one warm-up inference
 must pass before ``/ready`` says 200. A load that fails for a reason a retry can fix is retried a
 few times; after that (or at once for missing files) warm-up has failed for good and ``/health``
@@ -8,7 +8,8 @@ answers 503, so Cloud Run replaces the instance instead of feeding it events.
 
 The loader runs in the process that serves requests: if the module was imported before a fork
 (functions-framework's CLI imports it in gunicorn's parent), the child starts its own loader and
-the parent drops its copy, because a CUDA context does not survive a fork.
+the parent never loads one (see ``launched_by_forking_cli``): a CUDA context does not survive a
+fork, and a fork in the middle of an import leaves the child with half-imported modules.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from inpaint.config import Settings, get_settings
@@ -155,6 +158,25 @@ WARMUP = Warmup(load_and_warm)
 STORE = _Store()
 
 os.register_at_fork(after_in_parent=WARMUP.abandon_if_loading, after_in_child=WARMUP.start)
+
+
+def launched_by_forking_cli() -> bool:
+    """True in the parent process of ``functions-framework --target ...``.
+
+    That CLI imports ``main.py`` in gunicorn's master and then forks the worker; loading there
+    would be wasted (and on a GPU, a CUDA context does not survive the fork), so warm-up starts
+    in the worker instead (``os.register_at_fork`` below, or the first request).
+    """
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return program == "functions-framework" or sys.argv[0].endswith(
+        "functions_framework/__main__.py"
+    )
+
+
+def start_warmup() -> None:
+    """Starts loading the pipeline now, in the process that will serve requests."""
+    if not launched_by_forking_cli():
+        WARMUP.start()
 
 
 def require_model() -> Any:

@@ -1,0 +1,75 @@
+"""`functions-framework --target handle_session` and `--target health` work locally, as the user
+asked (production serves both from one process: see test_function.py)."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from tests import eventlib
+from tests.server import BIN, ServerProcess
+
+
+def start_target(server_env, tmp_path, target: str) -> ServerProcess:
+    server = ServerProcess(server_env, tmp_path / f"{target}.log")
+    server.argv = [
+        str(BIN / "functions-framework"),
+        "--target",
+        target,
+        "--source",
+        "main.py",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+    ]
+    return server.start()
+
+
+def wait_for(url: str, status: int, timeout: float = 120) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == status:
+                return response
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def test_health_target_serves_health_and_ready(server_env, tmp_path):
+    server = start_target(server_env, tmp_path, "health")
+    try:
+        ready = wait_for(server.url + "/ready", 200)
+        assert ready.json()["model"] == "ready"
+        assert server.get("/health").status_code == 200
+        assert server.get("/").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_event_target_runs_a_job(server_env, tmp_path, sessions):
+    server = start_target(server_env, tmp_path, "handle_session")
+    try:
+        user, session = sessions.create()
+        deadline = time.monotonic() + 120
+        response = None
+        while time.monotonic() < deadline:
+            try:
+                response = server.post(*eventlib.pubsub_binary(user, session, "local-1"))
+                if response.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)  # 500 while warming up: the pipeline is not ready yet
+        assert response is not None and response.status_code == 200, server.log_tail()
+        doc = sessions.wait(user, session)
+        assert doc["processingStatus"] == "completed"
+        assert sessions.image(user, session, "edited.jpg").size == (1200, 800)
+        # A cloudevent target answers GET with 405: that is why production adds health routes.
+        assert server.get("/").status_code == 405
+    finally:
+        server.stop()
