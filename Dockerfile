@@ -1,0 +1,124 @@
+# syntax=docker/dockerfile:1
+#
+# Production image of the pawfect-edit-inpaint Cloud Run service: FLUX.1-Fill-dev with a GGUF
+# transformer on one NVIDIA L4, served by gunicorn (inpaint.serving.SERVE_ARGV).
+#
+# Build (BuildKit; the Hugging Face token is a build *secret*: never a build arg, never an ENV,
+# both of which are stored in the image's config and history):
+#
+#   HF_TOKEN=... docker buildx build --secret id=hf_token,env=HF_TOKEN \
+#       --build-arg QUANT=Q4_0 -t pawfect-edit-inpaint .
+#
+# (cloudbuild.yaml passes the secret as a file, src=, which its Docker 20.10 builder supports.)
+#
+# Stages: base (Python + non-root user) -> deps (pinned packages) -> weights (downloads the model
+# with the secret mounted) -> runtime (deps + /models copied from weights + the code). The layers
+# are ordered by how often they change, so a code change rebuilds only the last layers and does
+# not download the ~17 GB of weights again. Only /models leaves the weights stage, so nothing
+# else that stage wrote (Hub caches, temp files) can reach the image.
+#
+# CUDA and base image:
+# - The default PyPI wheel of torch==2.13.0 is the CUDA 13.0 build: its metadata requires
+#   cuda-toolkit==13.0.3 and nvidia-cudnn-cu13==9.20.0.48. CUDA 13 needs an NVIDIA driver >= 580.
+# - Cloud Run documents the driver of its L4 instances as 535.216.03 (CUDA 12.2). CUDA's
+#   minor-version compatibility does not cross a major version, so the CUDA 13 wheel would not
+#   see the GPU there.
+# - PyTorch 2.13 also publishes a CUDA 12.6 build (download.pytorch.org/whl/cu126, cuDNN
+#   9.10.2.21). A CUDA 12.x build runs on any driver >= 525.60 through minor-version
+#   compatibility, and its sm_86 kernels run on the L4 (sm_89). So torch comes from that index.
+# - Torch wheels carry the whole CUDA user space (cuBLAS, cuDNN, NCCL, ...) as nvidia-* pip
+#   packages, and Cloud Run injects the driver (libcuda). A CUDA base image would only add a
+#   second copy of those libraries, so the base is the plain Python image, with the same Python
+#   3.11 as development and CI. Pin it by digest (python:3.11-slim-trixie@sha256:...) when
+#   builds must be reproducible.
+# - Once Cloud Run's L4 driver is >= 580, build with --build-arg
+#   TORCH_INDEX_URL=https://pypi.org/simple to get the default CUDA 13.0 wheel.
+
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+# GGUF quantization of the transformer baked into the image; not secret, so a build arg is fine.
+# One of Q3_K_S, Q4_0, Q4_1, Q4_K_S, Q5_0, Q5_1, Q5_K_S, Q6_K, Q8_0 (Q4_0: 6.8 GB, Q8_0: 12.7 GB).
+ARG QUANT=Q4_0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+
+
+FROM ${PYTHON_IMAGE} AS base
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# The service runs as this unprivileged user; the code and the weights stay owned by root, so
+# the process cannot modify them.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --no-log-init --uid 10001 --gid app --create-home \
+        --home-dir /home/app --shell /usr/sbin/nologin app \
+    && python -m venv "${VIRTUAL_ENV}"
+
+
+FROM base AS deps
+ARG TORCH_INDEX_URL
+
+COPY requirements.txt constraints.txt /tmp/requirements/
+# torch first, from the CUDA 12.6 index (see the top of this file), then every pinned package
+# from PyPI with the same constraints as CI; torch is already satisfied by then (2.13.0+cu126
+# matches ==2.13.0). `pip check` fails the build if the resolved set is inconsistent.
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
+    && pip install --no-cache-dir -r /tmp/requirements/requirements.txt \
+        -c /tmp/requirements/constraints.txt \
+    && pip check \
+    && python -c "import torch; assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+    && rm -rf /tmp/requirements
+
+
+FROM deps AS weights
+ARG QUANT
+
+WORKDIR /build
+# Only the modules the weights command imports, so that changes elsewhere in the code do not
+# invalidate this stage (tests/deploy/test_dockerfile.py runs the command with exactly this set).
+COPY inpaint/__init__.py inpaint/__main__.py inpaint/cli.py inpaint/config.py inpaint/errors.py \
+     inpaint/logs.py inpaint/weights.py ./inpaint/
+# The token is mounted for this RUN only, as a file under /run/secrets (tmpfs): it is not written
+# to any layer and does not take part in the cache key. Hub caches go to a temporary HF_HOME that
+# is deleted in the same RUN; the per-folder download metadata (.cache) is dropped too.
+RUN --mount=type=secret,id=hf_token,target=/run/secrets/hf_token,required=true \
+    HF_HOME=/tmp/hf-home HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    INPAINT_LOG_LEVEL=INFO \
+    python -m inpaint weights --dest /models --quant "${QUANT}" --token-file /run/secrets/hf_token \
+    && rm -rf /tmp/hf-home \
+    && find /models -name .cache -prune -exec rm -rf {} + \
+    && chmod -R a+rX,go-w /models
+
+
+FROM deps AS runtime
+ARG QUANT
+
+# Runtime settings (inpaint/config.py reads INPAINT_*). The process is offline: the weights are
+# in /models and nothing may be fetched from the Hub at run time. NVIDIA_* are what CUDA base
+# images set so that the container runtime injects the driver; LD_LIBRARY_PATH covers platforms
+# that mount the driver under /usr/local/nvidia.
+ENV INPAINT_MODEL_DIR=/models \
+    INPAINT_QUANT=${QUANT} \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HOME=/tmp/huggingface \
+    CUDA_MODULE_LOADING=LAZY \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib
+
+# Weights before code: this layer is reused as long as the weights stage is.
+COPY --from=weights /models /models
+
+WORKDIR /app
+COPY gunicorn.conf.py main.py ./
+COPY inpaint/ ./inpaint/
+RUN python -m compileall -q /app
+
+USER 10001:10001
+EXPOSE 8080
+# Cloud Run sets $PORT; gunicorn.conf.py binds to it (8080 when unset).
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "inpaint.wsgi:app"]
