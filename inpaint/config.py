@@ -96,11 +96,42 @@ class Settings(BaseSettings):
         30.0, ge=0.0, description="How long an event waits for warm-up before a 500."
     )
 
+    # --- speed-ups (measured one at a time by benchmarks/perf_bench.py; docs/performance.md) ---
+    compile: bool = Field(
+        False,
+        description="Regional torch.compile of the transformer's repeated blocks (CUDA only; "
+        "ignored on CPU). Costs compile time at warm-up and on each new image size.",
+    )
+    offload_text_encoders: bool = Field(
+        False,
+        description="Keep CLIP and T5 in CPU memory and move them to the GPU only to encode an "
+        "uncached prompt (~9.5 GB less GPU memory; a cache miss pays the transfers).",
+    )
+    attention_backend: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="diffusers attention backend for the transformer (e.g. native, "
+        "_native_cudnn, _native_flash, flash); unset keeps diffusers' default (PyTorch SDPA).",
+    )
+    step_cache_threshold: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="First-block cache threshold (skips steps whose first block barely "
+        "changes; approximate, changes the output). 0 turns it off.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.steps > self.max_steps:
             raise ValueError(
                 f"INPAINT_STEPS={self.steps} exceeds INPAINT_MAX_STEPS={self.max_steps}"
+            )
+        if len(self.default_prompt) > self.max_prompt_chars:
+            # Else every job without its own prompt fails with "the prompt is too long".
+            raise ValueError(
+                f"INPAINT_DEFAULT_PROMPT ({len(self.default_prompt)} characters) exceeds "
+                f"INPAINT_MAX_PROMPT_CHARS={self.max_prompt_chars}"
             )
         return self
 

@@ -14,6 +14,10 @@ Decisions made here and why:
   a noticeable share of a job on a GPU and T5 is 9.5 GB of weights to run through.
 * Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
   independently of which GPU ran it (up to kernel nondeterminism).
+* Speed-ups are settings, each off by default and measured one at a time by
+  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, regional
+  torch.compile (CUDA only), an attention backend, text encoders parked in CPU memory between
+  cache misses, and an approximate first-block step cache.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +132,25 @@ def resolve_dtype(setting: str, device: str) -> torch.dtype:
         ) from None
 
 
+def check_attention_backend(name: str) -> str:
+    """Returns ``name`` if diffusers knows it as an attention backend that works offline.
+
+    ``*_hub`` backends download kernels from the Hugging Face Hub when selected: refused, like
+    the GGUF CUDA kernels, because the service runs offline.
+    """
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    known = sorted(b.value for b in AttentionBackendName)
+    if name not in known:
+        raise ValueError(f"unknown INPAINT_ATTENTION_BACKEND {name!r}; expected one of {known}")
+    if name.endswith("_hub"):
+        raise ValueError(
+            f"INPAINT_ATTENTION_BACKEND={name} downloads its kernels from the Hub at run time; "
+            "choose a backend installed locally (e.g. native, _native_cudnn, flash)"
+        )
+    return name
+
+
 class InpaintModel:
     """A loaded FluxFillPipeline plus the policies around it (lock, prompt cache, seeding)."""
 
@@ -145,6 +169,9 @@ class InpaintModel:
         self.quant = settings.quant
         self.gguf_path = settings.gguf_path
         self.dequantized = False
+        self.compiled = False
+        # Where CLIP and T5 live between prompt-cache misses: None = with the rest, on device.
+        self.text_encoder_home: str | None = None
         self.load_seconds = 0.0
         self._lock = threading.RLock()
         self._prompt_cache: OrderedDict[tuple[str, int], _PromptEmbeddings] = OrderedDict()
@@ -187,15 +214,30 @@ class InpaintModel:
             local_files_only=True,
         )
         pipe.set_progress_bar_config(disable=True)
+        park_text_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
+        if settings.offload_text_encoders and not park_text_encoders:
+            logger.warning(
+                "INPAINT_OFFLOAD_TEXT_ENCODERS ignored: %s",
+                "INPAINT_CPU_OFFLOAD already offloads them"
+                if on_gpu
+                else f"the model runs on {device}",
+            )
         if settings.cpu_offload and on_gpu:
             pipe.enable_model_cpu_offload(device=device)
+        elif park_text_encoders:
+            # CLIP and T5 stay in CPU memory; encode_prompt brings them over for a cache miss.
+            pipe.transformer.to(device)
+            pipe.vae.to(device)
         else:
             if settings.cpu_offload:
                 logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
             pipe.to(device)
         model = cls(pipe, settings, device, dtype)
+        if park_text_encoders:
+            model.text_encoder_home = "cpu"
         if settings.dequantize:
             model._dequantize()
+        model._configure_transformer(on_gpu)
         model.load_seconds = time.perf_counter() - started
         logger.info(
             "model loaded",
@@ -204,6 +246,8 @@ class InpaintModel:
                 "dtype": model.dtype_name,
                 "gguf": str(settings.gguf_path),
                 "dequantized": model.dequantized,
+                "compiled": model.compiled,
+                "textEncodersOffloaded": model.text_encoder_home is not None,
                 "loadSeconds": round(model.load_seconds, 2),
             },
         )
@@ -223,6 +267,55 @@ class InpaintModel:
         transformer.dequantize()  # diffusers casts each weight to the layer's compute dtype
         self.dequantized = True
 
+    def _configure_transformer(self, on_gpu: bool) -> None:
+        """Applies the optional attention backend, step cache and regional compilation.
+
+        Compilation comes last so it traces the final modules (dequantized layers, cache hooks).
+        ``fullgraph=False``: GGUF weights are tensor subclasses, and a graph break must cost
+        speed, never a failed job. Only on CUDA: on CPU, inductor compiles C++ for minutes and
+        the CPU path is for tests and demos.
+        """
+        transformer = self.pipe.transformer
+        settings = self.settings
+        if settings.attention_backend:
+            transformer.set_attention_backend(check_attention_backend(settings.attention_backend))
+        if settings.step_cache_threshold > 0:
+            from diffusers import FirstBlockCacheConfig
+
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache_threshold))
+        if settings.compile:
+            if on_gpu:
+                transformer.compile_repeated_blocks(fullgraph=False)
+                self.compiled = True
+            else:
+                logger.warning("INPAINT_COMPILE ignored: the model runs on %s", self.device)
+
+    def _step_cache_scope(self) -> contextlib.AbstractContextManager[Any]:
+        """The cache context diffusers' step caches need around the denoiser calls (Flux Fill's
+        pipeline does not open one itself; the pipeline resets the cache state at its end)."""
+        transformer = self.pipe.transformer
+        if getattr(transformer, "is_cache_enabled", False):
+            return transformer.cache_context("cond")
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _text_encoders_on_device(self) -> Iterator[None]:
+        """Brings parked text encoders to the device for one encoding, then parks them again."""
+        home = self.text_encoder_home
+        if home is None:
+            yield
+            return
+        encoders = [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
+        for encoder in encoders:
+            encoder.to(self.device)
+        try:
+            yield
+        finally:
+            for encoder in encoders:
+                encoder.to(home)
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # hand the encoders' memory back for the next job
+
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``, from the LRU cache
         when possible, so a repeated prompt skips both text encoders."""
@@ -232,7 +325,7 @@ class InpaintModel:
             if cached is not None:
                 self._prompt_cache.move_to_end(key)
                 return cached.prompt_embeds, cached.pooled_prompt_embeds
-            with torch.no_grad():
+            with torch.no_grad(), self._text_encoders_on_device():
                 prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
                     prompt=prompt,
                     prompt_2=None,
@@ -281,7 +374,7 @@ class InpaintModel:
             generator = torch.Generator("cpu").manual_seed(params.seed)
             # no_grad, not inference_mode: offload hooks move parameters during the call, and
             # parameters turned into inference tensors would break later (grad-mode) use.
-            with torch.no_grad():
+            with torch.no_grad(), self._step_cache_scope():
                 result = self.pipe(
                     image=rgb,
                     mask_image=gray,

@@ -1,0 +1,124 @@
+"""The optional speed-ups of InpaintModel (settings compile, offload_text_encoders,
+attention_backend, step_cache_threshold) on the tiny random model, CPU only.
+
+What a CPU can check: the settings parse, CUDA-only options are ignored with a warning rather
+than failing, parked text encoders visit the device exactly for a cache miss, and the attention
+backend and step cache are applied (the speed itself is measured by benchmarks/perf_bench.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from inpaint.config import Settings
+from inpaint.model import GenerationParams, InpaintModel, check_attention_backend
+
+
+def settings(model_dir, **overrides) -> Settings:
+    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "auto"}
+    return Settings(**(values | overrides))
+
+
+def inputs(size=64):
+    ramp = np.linspace(0, 255, size * size * 3, dtype=np.float32).reshape(size, size, 3)
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return Image.fromarray(ramp.astype(np.uint8)), mask
+
+
+def params(prompt="a cat on a sofa", steps=2):
+    return GenerationParams(prompt=prompt, seed=3, steps=steps, guidance=30.0)
+
+
+def test_defaults_are_off_and_environment_turns_them_on(monkeypatch):
+    for key in ("COMPILE", "OFFLOAD_TEXT_ENCODERS", "ATTENTION_BACKEND", "STEP_CACHE_THRESHOLD"):
+        monkeypatch.delenv(f"INPAINT_{key}", raising=False)
+    s = Settings()
+    assert (s.compile, s.offload_text_encoders, s.attention_backend) == (False, False, None)
+    assert s.step_cache_threshold == 0.0
+    monkeypatch.setenv("INPAINT_COMPILE", "1")
+    monkeypatch.setenv("INPAINT_OFFLOAD_TEXT_ENCODERS", "true")
+    monkeypatch.setenv("INPAINT_ATTENTION_BACKEND", "_native_cudnn")
+    monkeypatch.setenv("INPAINT_STEP_CACHE_THRESHOLD", "0.05")
+    s = Settings()
+    assert s.compile and s.offload_text_encoders and s.attention_backend == "_native_cudnn"
+    assert s.step_cache_threshold == 0.05
+    monkeypatch.setenv("INPAINT_STEP_CACHE_THRESHOLD", "2")
+    with pytest.raises(ValidationError, match="step_cache_threshold"):
+        Settings()
+
+
+def test_attention_backend_names_are_checked():
+    assert check_attention_backend("native") == "native"
+    with pytest.raises(ValueError, match="unknown INPAINT_ATTENTION_BACKEND"):
+        check_attention_backend("fastest")
+    with pytest.raises(ValueError, match="downloads its kernels from the Hub"):
+        check_attention_backend("flash_hub")
+
+
+def test_cuda_only_options_are_ignored_on_cpu_with_a_warning(tiny_model_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="inpaint.model")
+    model = InpaintModel.load(settings(tiny_model_dir, compile=True, offload_text_encoders=True))
+    assert not model.compiled and model.text_encoder_home is None
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "INPAINT_COMPILE ignored" in messages
+    assert "INPAINT_OFFLOAD_TEXT_ENCODERS ignored" in messages
+    out = model.generate(*inputs(), params())
+    assert out.size == (64, 64)
+
+
+class MoveSpy:
+    """Records the devices a module is moved to (wraps the instance's ``to``)."""
+
+    def __init__(self, module):
+        self.devices: list[str] = []
+        original = module.to
+
+        def to(*args, **kwargs):
+            self.devices.append(str(args[0] if args else kwargs.get("device")))
+            return original(*args, **kwargs)
+
+        module.to = to
+
+
+def test_parked_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_dir):
+    model = InpaintModel.load(settings(tiny_model_dir))
+    model.text_encoder_home = "cpu"  # what load() sets on a GPU with offload_text_encoders
+    clip, t5 = MoveSpy(model.pipe.text_encoder), MoveSpy(model.pipe.text_encoder_2)
+    first = model.generate(*inputs(), params(prompt="a dog on a sofa"))
+    assert clip.devices == t5.devices == [model.device, "cpu"]
+    second = model.generate(*inputs(), params(prompt="a dog on a sofa"))
+    assert t5.devices == [model.device, "cpu"]  # cached: not moved again
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_parked_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_model_dir, monkeypatch):
+    """Parking CLIP/T5 in CPU memory must not move the denoising there: diffusers prefers an
+    accelerator component for the execution device. Simulated by making the transformer and
+    the VAE report a CUDA device while the text encoders stay on the CPU."""
+    model = InpaintModel.load(settings(tiny_model_dir))
+    cuda = property(lambda _self: torch.device("cuda"))
+    monkeypatch.setattr(type(model.pipe.transformer), "device", cuda)
+    monkeypatch.setattr(type(model.pipe.vae), "device", cuda)
+    assert model.pipe.text_encoder.device.type == "cpu"
+    assert model.pipe._execution_device == torch.device("cuda")
+
+
+def test_attention_backend_and_step_cache_are_applied(tiny_model_dir):
+    base = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(
+        settings(tiny_model_dir, attention_backend="native", step_cache_threshold=0.5)
+    )
+    assert model.pipe.transformer.is_cache_enabled
+    assert not base.pipe.transformer.is_cache_enabled
+    image, mask = inputs()
+    out = model.generate(image, mask, params(steps=4))
+    again = model.generate(image, mask, params(steps=4))  # cache state is reset per job
+    assert out.size == image.size and out.mode == "RGB"
+    assert np.array_equal(np.asarray(out), np.asarray(again))
