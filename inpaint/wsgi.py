@@ -36,9 +36,27 @@ def create_app() -> flask.Flask:
     for path, name in (("/health", "health"), ("/ready", "ready")):
         app.add_url_rule(path, name, lambda: health_view(flask.request), methods=["GET"])
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
+    app.before_request(_refuse_long_streamed_body)
     for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
         app.register_error_handler(error, _acknowledge_bad_event)
     return app
+
+
+def _refuse_long_streamed_body() -> None:
+    """Applies the body limit to bodies sent without ``Content-Length`` (chunked) too.
+
+    For those, werkzeug does not refuse a body over ``MAX_CONTENT_LENGTH``: it stops reading at
+    the limit and hands the view the first N bytes, so an over-limit event could be processed
+    from a truncated copy. Read it here with one byte of headroom (the view gets the cached
+    bytes) and refuse it whole when it is longer than the limit.
+    """
+    request = flask.request
+    if request.method != "POST" or request.content_length is not None:
+        return  # a declared length is checked by MAX_CONTENT_LENGTH before anything is read
+    limit = get_settings().max_event_bytes
+    request.max_content_length = limit + 1
+    if len(request.get_data()) > limit:
+        raise RequestEntityTooLarge()
 
 
 def _acknowledge_bad_event(error: HTTPException) -> tuple[str, int]:

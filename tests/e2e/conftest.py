@@ -159,3 +159,100 @@ def pixels(image: Image.Image) -> np.ndarray:
 def inference_count(server: ServerProcess) -> int:
     """Inferences the server ran for jobs (the log line the job writes when it claims)."""
     return server.log_text().count('"message": "job claimed"')
+
+
+# --- shared by the fault, hostile-input, security and soak tests -------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_server(start_server) -> ServerProcess:
+    """One default-settings server for every module that needs nothing special (saves a start
+    per module); tests that change its state restore it or use a dedicated server."""
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def server_factory(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
+    """Creates servers *without starting them*: the port is fixed at creation, so a test can
+    point a push subscription at it first. All are stopped at the end of the session."""
+    made: list[ServerProcess] = []
+    logs = tmp_path_factory.mktemp("factory-server-logs")
+
+    def make(port: int | None = None, **env: str) -> ServerProcess:
+        server = ServerProcess(server_env | env, logs / f"server-{len(made)}.log")
+        if port is not None:  # e.g. a restart behind a push subscription's fixed endpoint
+            server.port, server.url = port, f"http://127.0.0.1:{port}"
+            server.env["PORT"] = str(port)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+def log_records(server: ServerProcess) -> list[dict]:
+    """The server's structured (JSON) log lines, parsed; other lines are skipped."""
+    import json
+
+    records = []
+    for line in server.log_text().splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def claims_by_session(server: ServerProcess) -> dict[str, int]:
+    """How many times each session was claimed ("job claimed" log lines) by this server."""
+    counts: dict[str, int] = {}
+    for record in log_records(server):
+        if record.get("message") == "job claimed":
+            counts[record["sessionId"]] = counts.get(record["sessionId"], 0) + 1
+    return counts
+
+
+def bucket_state(bucket) -> dict[str, tuple]:
+    """Every object in the bucket -> (generation, md5): any write, anywhere, changes this."""
+    return {b.name: (b.generation, b.md5_hash) for b in bucket.list_blobs()}
+
+
+def firestore_state(db) -> dict[str, str]:
+    """Every session document (collection group) and every ``users/*`` document, by path, as
+    canonical JSON (so that a stored NaN compares equal to itself)."""
+    import json
+
+    def canonical(data: dict | None) -> str:
+        return json.dumps(data, sort_keys=True, default=repr)
+
+    docs = {
+        s.reference.path: canonical(s.to_dict()) for s in db.collection_group("sessions").stream()
+    }
+    for ref in db.collection("users").list_documents():
+        snap = ref.get()
+        docs[ref.path] = canonical(snap.to_dict() if snap.exists else None)
+    return docs
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05):
+    """Polls ``predicate`` until it returns something truthy (returned), else TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def blob_versions(sessions: Sessions, user: str, session: str) -> dict[str, tuple]:
+    """Each of the session's files -> (generation, metageneration, md5). A GCS generation is the
+    write time in microseconds and changes on every write, so equal tuples mean "not rewritten"."""
+    prefix = f"users/{user}/sessions/{session}/"
+    return {
+        b.name.removeprefix(prefix): (b.generation, b.metageneration, b.md5_hash)
+        for b in sessions.bucket.list_blobs(prefix=prefix)
+    }
