@@ -78,3 +78,13 @@ def test_bad_values_fail_at_start_naming_the_setting(monkeypatch, key, value, fr
 def test_settings_are_immutable():
     with pytest.raises(ValidationError):
         Settings().steps = 3
+
+
+def test_a_prompt_limit_below_the_default_prompt_is_refused_at_start_up():
+    """Else every job without its own prompt would fail with "the prompt is too long"."""
+    from inpaint.config import DEFAULT_PROMPT
+
+    with pytest.raises(ValidationError, match="exceeds INPAINT_MAX_PROMPT_CHARS=50"):
+        Settings(max_prompt_chars=50)
+    assert Settings(max_prompt_chars=len(DEFAULT_PROMPT)).max_prompt_chars == len(DEFAULT_PROMPT)
+    assert Settings(max_prompt_chars=20, default_prompt="a cat").default_prompt == "a cat"
