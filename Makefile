@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint fmt demo stack bench clean
+.PHONY: venv test lint fmt demo stack bench soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ stack: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/imaging_bench.py
 	$(BIN)/python benchmarks/event_bench.py
+
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --jobs 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build out
