@@ -35,18 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The settings of the tests' servers: a cheap job (2 steps at 0.0625 MP with the tiny model).
-SERVER_SETTINGS = {
-    "INPAINT_QUANT": "Q8_0",
-    "INPAINT_STEPS": "2",
-    "INPAINT_WARMUP_STEPS": "1",
-    "INPAINT_WORK_MEGAPIXELS": "0.0625",
-    "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
-    "INPAINT_IO_TIMEOUT_SECONDS": "3",
-    "INPAINT_IO_DEADLINE_SECONDS": "4",
-    "INPAINT_READY_WAIT_SECONDS": "10",
-    "THREADS": "8",
-}
+from tests.server import FAST_SETTINGS, ServerProcess, claims_by_session  # noqa: E402
+
 PHOTO_SIZE = (1200, 800)
 
 
@@ -77,21 +67,6 @@ def server_rss(server: Any) -> int:
         except psutil.NoSuchProcess:
             continue
     return total
-
-
-def claims_per_session(server: Any) -> dict[str, int]:
-    """ "job claimed" lines of the server's JSON log, per session."""
-    counts: dict[str, int] = {}
-    for line in server.log_text().splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("message") == "job claimed":
-            counts[record["sessionId"]] = counts.get(record["sessionId"], 0) + 1
-    return counts
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -184,7 +159,7 @@ def run_soak(
             _wait_done(db, warmup, timeout)
         say(f"created {jobs} sessions; publishing")
         rss_start = server_rss(server)
-        claims_before = claims_per_session(server)
+        claims_before = claims_by_session(server)
         published: dict[str, float] = {}
         t0 = time.time()
         for i, (user, session) in enumerate(sessions):
@@ -212,7 +187,7 @@ def run_soak(
     finally:
         stack.delete_subscription(subscription)
 
-    claims = claims_per_session(server)
+    claims = claims_by_session(server)
     completed = {s: d for s, d in docs.items() if d["processingStatus"] == "completed"}
     latencies = [d["completedAt"].timestamp() - published[s] for s, d in completed.items()]
     duplicated = sum(
@@ -255,7 +230,6 @@ def local_service(extra_env: dict[str, str] | None = None, workdir: Path | None 
     from firebase_admin import firestore, storage
 
     from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
-    from tests.server import ServerProcess
     from tools.stack import LocalStack
 
     model_dir = ROOT / "build" / f"tiny-model-v{TINY_MODEL_VERSION}"
@@ -263,7 +237,7 @@ def local_service(extra_env: dict[str, str] | None = None, workdir: Path | None 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="inpaint-bench-"))
     with LocalStack(workdir=workdir / "stack") as stack:
         stack.apply_env()
-        env = stack.env | SERVER_SETTINGS | {"INPAINT_MODEL_DIR": str(model_dir)}
+        env = stack.env | FAST_SETTINGS | {"INPAINT_MODEL_DIR": str(model_dir)}
         server = ServerProcess(env | (extra_env or {}), workdir / "server.log").start()
         try:
             server.wait_ready(timeout=300)

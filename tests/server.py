@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,20 @@ from tools.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+# The tiny model's cheap job (2 steps at 0.0625 MP) and short I/O timeouts, for tests and the
+# local benchmarks.
+FAST_SETTINGS = {
+    "INPAINT_QUANT": "Q8_0",
+    "INPAINT_STEPS": "2",
+    "INPAINT_WARMUP_STEPS": "1",
+    "INPAINT_WORK_MEGAPIXELS": "0.0625",
+    "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "INPAINT_IO_TIMEOUT_SECONDS": "3",
+    "INPAINT_IO_DEADLINE_SECONDS": "4",
+    "INPAINT_READY_WAIT_SECONDS": "10",
+    "THREADS": "8",
+}
 
 
 class ServerProcess:
@@ -85,3 +100,24 @@ class ServerProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def log_records(server: ServerProcess) -> list[dict]:
+    """The server's structured (JSON) log lines, parsed; other lines are skipped."""
+    records = []
+    for line in server.log_text().splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def claims_by_session(server: ServerProcess) -> dict[str, int]:
+    """How many times each session was claimed ("job claimed" log lines) by this server."""
+    counts: dict[str, int] = {}
+    for record in log_records(server):
+        if record.get("message") == "job claimed":
+            counts[record["sessionId"]] = counts.get(record["sessionId"], 0) + 1
+    return counts

@@ -14,20 +14,8 @@ import pytest
 from firebase_admin import firestore, storage
 from PIL import Image, ImageDraw
 
-from tests.server import ServerProcess
+from tests.server import FAST_SETTINGS, ServerProcess
 from tools.stack import LocalStack
-
-FAST_SETTINGS = {
-    "INPAINT_QUANT": "Q8_0",
-    "INPAINT_STEPS": "2",
-    "INPAINT_WARMUP_STEPS": "1",
-    "INPAINT_WORK_MEGAPIXELS": "0.0625",
-    "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
-    "INPAINT_IO_TIMEOUT_SECONDS": "3",
-    "INPAINT_IO_DEADLINE_SECONDS": "4",
-    "INPAINT_READY_WAIT_SECONDS": "10",
-    "THREADS": "8",
-}
 
 
 @pytest.fixture(scope="session")
@@ -189,29 +177,6 @@ def server_factory(server_env, tmp_path_factory) -> Iterator[Callable[..., Serve
     yield make
     for server in made:
         server.stop()
-
-
-def log_records(server: ServerProcess) -> list[dict]:
-    """The server's structured (JSON) log lines, parsed; other lines are skipped."""
-    import json
-
-    records = []
-    for line in server.log_text().splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
-def claims_by_session(server: ServerProcess) -> dict[str, int]:
-    """How many times each session was claimed ("job claimed" log lines) by this server."""
-    counts: dict[str, int] = {}
-    for record in log_records(server):
-        if record.get("message") == "job claimed":
-            counts[record["sessionId"]] = counts.get(record["sessionId"], 0) + 1
-    return counts
 
 
 def bucket_state(bucket) -> dict[str, tuple]:

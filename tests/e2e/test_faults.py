@@ -18,11 +18,10 @@ import requests
 from tests import eventlib
 from tests.e2e.conftest import (
     blob_versions,
-    claims_by_session,
     inference_count,
-    log_records,
     wait_for,
 )
+from tests.server import claims_by_session, log_records
 
 INPUTS = {"original.jpg", "mask_auto.png"}
 ALL_FILES = INPUTS | {"edited.jpg", "preview.jpg"}

@@ -35,10 +35,10 @@ from tests.e2e.conftest import (
     bucket_state,
     ellipse_mask,
     firestore_state,
-    log_records,
     photo_jpeg,
     pixels,
 )
+from tests.server import log_records
 
 SIZE = (720, 480)
 OUTPUTS = {"edited.jpg", "preview.jpg"}

@@ -27,13 +27,12 @@ from tests import eventlib
 from tests.e2e.conftest import (
     blob_versions,
     bucket_state,
-    claims_by_session,
     ellipse_mask,
     firestore_state,
     inference_count,
-    log_records,
     photo_jpeg,
 )
+from tests.server import claims_by_session, log_records
 
 NASTY_IDS = [
     "../x",
