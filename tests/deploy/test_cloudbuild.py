@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inpaint.config import Settings
+from tests.deploy.common import setting_env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
@@ -377,12 +377,7 @@ def test_runtime_environment_variables():
     assert env["INPAINT_BUCKET"] == "${_BUCKET}"
     assert env["GOOGLE_CLOUD_PROJECT"] == "$PROJECT_ID"
     assert "FIREBASE_CREDENTIALS" not in env, "ADC through the runtime service account"
-    names = {
-        n.upper()
-        for name, f in Settings.model_fields.items()
-        for n in (getattr(f.validation_alias, "choices", None) or [f"INPAINT_{name}"])
-    }
-    unknown = {k for k in env if k.startswith("INPAINT_")} - names
+    unknown = {k for k in env if k.startswith("INPAINT_")} - setting_env_names()
     assert not unknown, f"not settings of inpaint/config.py: {unknown}"
 
 
