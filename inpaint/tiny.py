@@ -142,6 +142,10 @@ def build_tiny_model(
     dest.mkdir(parents=True, exist_ok=True)
     with _locked(dest / LOCK_NAME):
         _build_locked(dest, layout=layout, quant=quant, seed=seed)
+        from inpaint.prompts import write_builder_embeddings
+
+        # float32: what the CPU runs by default (tests, demo); bfloat16: what a GPU runs.
+        write_builder_embeddings(dest, ("float32", "bfloat16"))
     return dest
 
 
