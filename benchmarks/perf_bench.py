@@ -20,12 +20,13 @@ Variants (``--variants``, comma separated, measured in this order in one process
   transformer, default settings, CLIP and T5 run for every job (prompt cache off).
 * ``ours-TOKEN+TOKEN...``: the production loader with the named speed-ups, each a setting of
   ``inpaint.config.Settings`` (printed as INPAINT_* variables): ``cache`` (prompt-embedding
-  cache), ``offload-te`` (text encoders parked in CPU memory between cache misses), ``dequant``
+  cache), ``embeds`` (precomputed prompt embeddings, CLIP/T5 loaded on demand: issue 12),
+  ``offload-te`` (text encoders parked in CPU memory between cache misses), ``dequant``
   (GGUF -> compute dtype once at load), ``compile`` (regional torch.compile, CUDA only),
   ``attn-NAME`` (diffusers attention backend), ``stepcache-T`` (first-block step cache,
   approximate), ``cpu-offload`` (model CPU offload), ``Q4_0``/``Q8_0`` (GGUF file).
-* ``ours``: the recommended configuration for large GPUs (cache+dequant+compile);
-  ``ours-l4``: the 24 GB profile (cache+offload-te+compile on the quantized transformer).
+* ``ours``: the recommended configuration for large GPUs (cache+embeds+dequant+compile);
+  ``ours-l4``: the 24 GB profile (cache+embeds+offload-te+compile on the quantized transformer).
 
 Figures per variant: cold start (load from local disk, page cache evicted, + warm-up), first
 job, warm job median, transformer time per step (CUDA events / perf_counter), text encoding per
@@ -180,11 +181,12 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 DEFAULT_TOLERANCE = 1.0
 
 PRESETS: dict[str, str] = {
-    "ours": "cache+dequant+compile",
-    "ours-l4": "cache+offload-te+compile",
+    "ours": "cache+embeds+dequant+compile",
+    "ours-l4": "cache+embeds+offload-te+compile",
 }
 _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
     "cache": {"prompt_cache_size": 32},
+    "embeds": {"prompt_embeddings": True},
     "offload-te": {"offload_text_encoders": True},
     "dequant": {"dequantize": True},
     "compile": {"compile": True},
@@ -194,6 +196,7 @@ _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
 }
 BASELINE_SETTINGS: dict[str, Any] = {
     "prompt_cache_size": 0,
+    "prompt_embeddings": False,
     "dequantize": False,
     "compile": False,
     "offload_text_encoders": False,
@@ -523,6 +526,9 @@ def build_model(
             partial.replace(gguf_path)
             quants = sorted({*quants, quant})
         tiny._write_marker(marker, {**identity, "quants": quants})
+        from inpaint.prompts import write_builder_embeddings
+
+        write_builder_embeddings(dest, ("bfloat16",))  # what a GPU and the CPU bench run
     return dest
 
 
@@ -778,7 +784,7 @@ def _settings_for(ctx: Context, overrides: Mapping[str, Any]) -> Any:
         "model_dir": ctx.model_dir,
         "quant": ctx.args.quant,
         "device": ctx.device,
-        "dtype": "auto",
+        "dtype": ctx.args.dtype,
         **overrides,
     }
     return Settings(**values)
@@ -1148,6 +1154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="warm jobs per variant (median; default 3)")
     parser.add_argument("--crop-steps", type=int, help="steps for the crop-to-mask timing")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (tiny: cpu, full: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="INPAINT_DTYPE (default auto; full scale on a CPU: bfloat16, as float32 T5 alone "
+        "is 19 GB)",
+    )
     parser.add_argument("--workdir", type=Path, help="where the random model is built/cached")
     parser.add_argument("--variants", help="comma-separated; see the module docstring")
     parser.add_argument("--crop-variant", help="variant used for the crop figures (last)")
@@ -1177,6 +1189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--size must be a positive multiple of 16")
     if args.repeats < 1 or args.steps < 1 or args.crop_steps < 1:
         parser.error("--repeats, --steps and --crop-steps must be >= 1")
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.scale == "full" and args.device == "cpu" else "auto"
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
         for name in args.variant_list:
@@ -1286,6 +1300,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": cuda,
         "device_name": device_name,
         "quant": args.quant,
+        "dtype": args.dtype,
         "size": args.size,
         "steps": args.steps,
         "repeats": args.repeats,

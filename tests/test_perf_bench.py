@@ -192,6 +192,17 @@ def test_variant_names_map_to_settings():
     assert "INPAINT_DEQUANTIZE=true" in env and "INPAINT_COMPILE=true" in env
 
 
+def test_full_scale_on_a_cpu_runs_in_bfloat16():
+    assert pb.parse_args(["--scale", "full", "--device", "cpu"]).dtype == "bfloat16"
+    assert pb.parse_args(["--scale", "full"]).dtype == "auto"
+    assert pb.parse_args(["--scale", "tiny"]).dtype == "auto"
+    assert pb.parse_args(["--scale", "full", "--device", "cpu", "--dtype", "float32"]).dtype == (
+        "float32"
+    )
+    assert pb.variant_settings("baseline")["prompt_embeddings"] is False
+    assert pb.variant_settings("ours")["prompt_embeddings"] is True
+
+
 def test_flop_model_matches_the_published_compute_bound():
     flops = pb.transformer_flops(pb.FULL_TRANSFORMER_CONFIG, pb.image_tokens_for(1024, 1024), 512)
     assert flops == pytest.approx(74e12, rel=0.01)
