@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import io
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inpaint import imaging
 
