@@ -50,10 +50,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("ready", flush=True)
         while not stopping.wait(1.0):
             if not stack.running:
-                dead = [
-                    n for n, s in stack._servers.items() if s.proc and s.proc.poll() is not None
-                ]
-                print(f"error: server(s) exited: {dead}", file=sys.stderr)
+                print(f"error: server(s) exited: {stack.exited()}", file=sys.stderr)
                 return 1
         return 0
     finally:

