@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inpaint.model import GenerationParams, InpaintModel
+    from inpaint.model import InpaintModel
     from inpaint.pipeline import Timings, repaint
+    from inpaint.vocabulary import GenerationParams
 
     overrides: dict[str, Any] = {
         k: v

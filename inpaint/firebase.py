@@ -37,10 +37,10 @@ from google.api_core.retry import Retry, if_transient_error
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
+from inpaint.vocabulary import COMPLETED, FAILED, PROCESSING
 
 log = logging.getLogger(__name__)
 
-QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
 PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
 OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
 _CAS_ATTEMPTS = 20

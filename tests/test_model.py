@@ -16,8 +16,9 @@ from PIL import Image
 from inpaint import model as model_module
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
-from inpaint.model import GenerationParams, InpaintModel, resolve_device, resolve_dtype
+from inpaint.model import InpaintModel, resolve_device, resolve_dtype
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
+from inpaint.vocabulary import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 
