@@ -22,10 +22,13 @@ the decoded (EXIF-rotated) original, like PIL's.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageFilter
 
 from inpaint.decoding import ImageLimits, decode_mask, decode_photo
@@ -52,6 +55,9 @@ _NONZERO_LUT = [0] + [255] * 255
 # One box-blur pass of radius r turns a lone 255 into 255 / (2r + 1), which must still round to
 # at least 1 for the dilation threshold to see it; chunk larger dilations.
 _MAX_DILATE_STEP = 200
+# Side of the squares the paste-back works in (see ``_tiles``): small enough that few pixels
+# around the outline are filtered, large enough that per-tile overhead stays small.
+_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -232,9 +238,65 @@ def blend_alpha(mask: Image.Image, *, dilate_px: int, feather_px: int) -> Image.
     ``dilate_px + feather_px - h`` and box-blurred twice with radii summing to
     ``h = feather_px // 2`` (a piecewise-quadratic, Gaussian-like edge with a finite support, so
     "outside the band" is exact, which a true Gaussian is not).
+
+    Computed tile by tile (see ``_tiles``), the same values as filtering the whole image.
     """
     if dilate_px < 0 or feather_px < 0:
         raise ValueError("dilate_px and feather_px must not be negative")
+    alpha = Image.new("L", mask.size, 0)
+    for box, halo, kind in _tiles(mask, band_reach(dilate_px, feather_px)):
+        if kind == "inside":
+            alpha.paste(_uniform_alpha(dilate_px, feather_px), box)
+        elif kind == "edge":
+            part = _blend_alpha_whole(mask.crop(halo), dilate_px=dilate_px, feather_px=feather_px)
+            x, y = box[0] - halo[0], box[1] - halo[1]
+            alpha.paste(part.crop((x, y, x + box[2] - box[0], y + box[3] - box[1])), box)
+    return alpha
+
+
+Box = tuple[int, int, int, int]
+
+
+def _tiles(mask: Image.Image, reach: int) -> list[tuple[Box, Box, str]]:
+    """The mask cut into ``_TILE`` squares: (box, box + reach, kind), where the kind says what
+    the surroundings hold: no mask ("outside"), only mask ("inside"), or both ("edge").
+
+    Every filter pass of the alpha looks at most ``band_reach`` pixels far (their radii add up
+    to it), so a tile's alpha depends only on the mask within ``band_reach`` of it: none there
+    means 0; all there means the value the filters make of a uniform mask; otherwise the
+    filters run over tile + reach, which gives exactly the values of filtering the whole image
+    (PIL's filters extend the image's own edges the same way). On a 12 MP mask only the tiles
+    on the mask's outline are filtered.
+    """
+    width, height = mask.size
+    values = np.asarray(mask)
+    tiles: list[tuple[Box, Box, str]] = []
+    for top in range(0, height, _TILE):
+        for left in range(0, width, _TILE):
+            box = (left, top, min(left + _TILE, width), min(top + _TILE, height))
+            halo = (
+                max(0, left - reach),
+                max(0, top - reach),
+                min(width, box[2] + reach),
+                min(height, box[3] + reach),
+            )
+            around = values[halo[1] : halo[3], halo[0] : halo[2]]
+            kind = "outside" if not around.any() else "inside" if around.all() else "edge"
+            tiles.append((box, halo, kind))
+    return tiles
+
+
+@functools.cache
+def _uniform_alpha(dilate_px: int, feather_px: int) -> int:
+    """The alpha deep inside a mask: what the filters make of an all-255 image."""
+    side = 2 * band_reach(dilate_px, feather_px) + 3
+    full = Image.new("L", (side, side), 255)
+    alpha = _blend_alpha_whole(full, dilate_px=dilate_px, feather_px=feather_px)
+    return int(alpha.getpixel((0, 0)))  # type: ignore[arg-type]
+
+
+def _blend_alpha_whole(mask: Image.Image, *, dilate_px: int, feather_px: int) -> Image.Image:
+    """``blend_alpha`` over the whole image at once (PIL's C filters)."""
     half = feather_px // 2
     alpha = _dilate(mask, dilate_px + feather_px - half)
     first = half - half // 2
@@ -256,6 +318,9 @@ def composite(
     outside it, and everywhere alpha is 0, the result is bit-identical to the original. An empty
     mask returns an unchanged copy. The ICC profile (``info``) of the original is kept.
 
+    The generated image is resampled in a second thread while ``blend_alpha`` works (PIL's C
+    code releases the GIL), and ``blend_alpha`` filters only the tiles on the mask's outline.
+
     The band is cut where it would cross a crop edge inside the photo; the crop keeps at least
     ``MIN_CONTEXT_PX`` (64) around the mask, so this only matters when ``dilate_px +
     feather_px`` exceeds that - then pass their sum as ``band_px`` to ``prepare``.
@@ -276,25 +341,23 @@ def composite(
         min(right, bbox[2] + reach),
         min(bottom, bbox[3] + reach),
     )
-    band_size = (band[2] - band[0], band[3] - band[1])
 
     if generated.mode != "RGB":
         generated = generated.convert("RGB")
     gw, gh = generated.size
     sx, sy = gw / crop_w, gh / crop_h
+    resample = Image.Resampling.BICUBIC if sx < 1.0 or sy < 1.0 else Image.Resampling.LANCZOS
     source_box = (
         (band[0] - left) * sx,
         (band[1] - top) * sy,
         (band[2] - left) * sx,
         (band[3] - top) * sy,
     )
-    upscale = sx < 1.0 or sy < 1.0
-    patch = generated.resize(
-        band_size,
-        Image.Resampling.BICUBIC if upscale else Image.Resampling.LANCZOS,
-        box=source_box,
-    )
-    alpha = blend_alpha(prepared.mask.crop(band), dilate_px=dilate_px, feather_px=feather_px)
+    band_size = (band[2] - band[0], band[3] - band[1])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        resampled = pool.submit(generated.resize, band_size, resample, box=source_box)
+        alpha = blend_alpha(prepared.mask.crop(band), dilate_px=dilate_px, feather_px=feather_px)
+        patch = resampled.result()
 
     result = original.copy()
     result.paste(patch, band[:2], alpha)
