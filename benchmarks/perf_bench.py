@@ -37,8 +37,8 @@ seed. Then the crop-to-mask figures for a 12 MP photo with a mask of 5 % of its 
 Nothing is asserted: the test-suite only checks that every figure is there. Run::
 
     .venv/bin/python benchmarks/perf_bench.py --scale tiny --json out/perf-tiny.json
-    python benchmarks/perf_bench.py --scale full --build-only        # once per machine
-    python benchmarks/perf_bench.py --scale full --json out/perf-full.json
+    python -m benchmarks.perf_bench --scale full --build-only        # once per machine
+    python -m benchmarks.perf_bench --scale full --json out/perf-full.json
 
 See docs/performance.md for the GPU procedure and the analysis.
 """
