@@ -21,12 +21,9 @@ import json
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 from benchmarks.soak import local_service, percentile, photo_and_mask
 from tools import eventlib
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_S = 1.0
 
