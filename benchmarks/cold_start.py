@@ -16,10 +16,10 @@ instance) and reports:
 Nothing is asserted (the test-suite runs ``--scale tiny`` and checks every figure is there)::
 
     .venv/bin/python benchmarks/cold_start.py --scale tiny
-    python benchmarks/perf_bench.py --scale full --build-only          # once, ~16 GB
+    python -m benchmarks.perf_bench --scale full --build-only          # once, ~16 GB
     nice -n 10 python benchmarks/cold_start.py --scale full --json out/cold-start-full.json
 
-``--scale full`` uses perf_bench's random full-size model (``build/perf-full``) on the CPU in
+``--scale full`` uses perf_bench's random full-size model (``build/full-model-v<N>``) on the CPU in
 bfloat16 at 256 px, one step and one warm-up step (about 14 GB of memory for ``before``).
 """
 
@@ -86,6 +86,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
 
     from inpaint.config import Settings
+    from inpaint.vocabulary import GenerationParams
 
     started = time.perf_counter()
     import inpaint.model as model_module  # torch/diffusers: the same in both modes
@@ -125,7 +126,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         ("default_job_s", settings.default_prompt),
         ("custom_job_s", CUSTOM_PROMPT),
     ):
-        params = model_module.GenerationParams(
+        params = GenerationParams(
             prompt=prompt, seed=0, steps=args.steps, guidance=settings.guidance
         )
         started = time.perf_counter()
@@ -153,9 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.quant = args.quant or ("Q4_0" if full else "Q8_0")
     args.dtype = args.dtype or ("bfloat16" if full else "float32")
     if args.model_dir is None:
-        from inpaint.tiny import TINY_MODEL_VERSION
+        from inpaint.randmodel import MODEL_VERSION
 
-        name = "perf-full" if full else f"tiny-model-v{TINY_MODEL_VERSION}"
+        name = f"full-model-v{MODEL_VERSION}" if full else f"tiny-model-v{MODEL_VERSION}"
         args.model_dir = ROOT / "build" / name
     return args
 
@@ -163,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace) -> None:
     """The weights with this dtype's embeddings (the builders' own code; idempotent)."""
     if args.scale == "tiny":
-        from inpaint.tiny import build_tiny_model
+        from inpaint.randmodel import build_tiny_model
 
         build_tiny_model(args.model_dir, quant=args.quant)
     elif not (args.model_dir / "base" / "model_index.json").is_file():

@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,10 @@ from transformers.utils import logging as transformers_logging
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
 from inpaint.prompts import EmbeddingStore
+from inpaint.vocabulary import GenerationParams, ProgressCallback
 from inpaint.weights import missing_files
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
-"""Called after each denoising step with (steps done, total steps)."""
 
 # Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
 SIZE_MULTIPLE = 16
@@ -72,16 +70,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float32": torch.float32,
 }
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """What varies per job. Bounds are the caller's business (settings); see ``generate``."""
-
-    prompt: str
-    seed: int
-    steps: int
-    guidance: float
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from inpaint import prompts
 from inpaint.cli import main as cli_main
 from inpaint.config import DEFAULT_PROMPT, Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
-from inpaint.model import GenerationParams, InpaintModel
+from inpaint.model import InpaintModel
 from inpaint.prompts import EmbeddingKey, EmbeddingStore, find_entry
+from inpaint.vocabulary import GenerationParams
 
 KEY = EmbeddingKey("a cat", 512, "f" * 64, "bfloat16")
 
@@ -94,7 +95,7 @@ def job(model: InpaintModel, prompt: str = DEFAULT_PROMPT, seed: int = 7) -> np.
 def model_copy(tiny_model_dir, tmp_path) -> Path:
     """A private copy of the tiny model (tests here change its files)."""
     dest = tmp_path / "weights"
-    shutil.copytree(tiny_model_dir, dest, ignore=shutil.ignore_patterns(".tiny-model.lock"))
+    shutil.copytree(tiny_model_dir, dest, ignore=shutil.ignore_patterns(".random-model.lock"))
     return dest
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import eventlib
 from tests.e2e.test_function import assert_completed
-from tests.server import ROOT, log_records
+from tools import eventlib
+from tools.server import ROOT, log_records
 
 CUSTOM = "a tabby cat wearing a hat"
 
@@ -45,7 +45,7 @@ def test_ready_without_text_encoders_and_they_load_once_for_custom_prompts(start
 def no_encoder_weights(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model through ``python -m inpaint weights --no-text-encoders`` (no download)."""
     dest = tmp_path_factory.mktemp("no-encoders") / "weights"
-    shutil.copytree(tiny_model_dir, dest, ignore=shutil.ignore_patterns(".tiny-model.lock"))
+    shutil.copytree(tiny_model_dir, dest, ignore=shutil.ignore_patterns(".random-model.lock"))
     subprocess.run(
         [
             sys.executable,

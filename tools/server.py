@@ -67,8 +67,8 @@ class ServerProcess:
             try:
                 if requests.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or busy importing (a loaded machine): ask again
+            except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
+                pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
 
