@@ -15,9 +15,9 @@ instance) and reports:
 
 Nothing is asserted (the test-suite runs ``--scale tiny`` and checks every figure is there)::
 
-    .venv/bin/python benchmarks/cold_start.py --scale tiny
+    .venv/bin/python -m benchmarks.cold_start --scale tiny
     python -m benchmarks.perf_bench --scale full --build-only          # once, ~16 GB
-    nice -n 10 python benchmarks/cold_start.py --scale full --json out/cold-start-full.json
+    nice -n 10 python -m benchmarks.cold_start --scale full --json out/cold-start-full.json
 
 ``--scale full`` uses perf_bench's random full-size model (``build/full-model-v<N>``) on the CPU in
 bfloat16 at 256 px, one step and one warm-up step (about 14 GB of memory for ``before``).
@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MODES = ("before", "after")
 CUSTOM_PROMPT = "a tabby cat asleep on a sofa"
@@ -183,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         print(f"measuring {mode} ...", flush=True)
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+        cmd = [sys.executable, "-m", "benchmarks.cold_start"]
+        cmd += argv if argv is not None else sys.argv[1:]
         cmd += ["--child", mode, "--model-dir", str(args.model_dir)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
             return done.returncode

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "cold_start.py"
 
 
 def test_tiny_cold_start_reports_every_figure(tmp_path, tiny_model_dir):
     out = tmp_path / "cold.json"
-    cmd = [sys.executable, str(SCRIPT), "--scale", "tiny", "--model-dir", str(tiny_model_dir)]
+    cmd = [sys.executable, "-m", "benchmarks.cold_start", "--scale", "tiny"]
+    cmd += ["--model-dir", str(tiny_model_dir)]
     cmd += ["--size", "64", "--json", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
