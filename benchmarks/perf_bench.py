@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": cuda,
         "device_name": device_name,
         "quant": args.quant,
+        "dtype": args.dtype,
         "size": args.size,
         "steps": args.steps,
         "repeats": args.repeats,
