@@ -1,0 +1,150 @@
+"""Fixtures of the container tests: a real Docker engine (started by tools/image.py when none
+answers), the production image built from the repository's Dockerfile with the tiny weights and
+a marker secret, the local stack, and containers started from the image on the host network."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Sessions
+from tests.server import FAST_SETTINGS
+from tools.image import BuildResult, Engine, build
+from tools.stack import LocalStack, free_port
+
+TAG = "pawfect-edit-inpaint:test"
+
+
+@dataclass
+class Built:
+    engine: Engine
+    result: BuildResult
+    marker: str  # the value of the hf_token secret the image was built with
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    with Engine() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def image(engine, tmp_path_factory) -> Built:
+    """The image, tiny weights, built with a fresh marker value as the hf_token secret."""
+    marker = f"hf_marker_{secrets.token_hex(12)}"
+    secret = tmp_path_factory.mktemp("secret") / "hf_token"
+    secret.write_text(marker + "\n")
+    result = build(engine, tag=TAG, weights="tiny", secret_file=secret)
+    print(f"\nimage built in {result.seconds:.1f} s")
+    return Built(engine, result, marker)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[LocalStack]:
+    with LocalStack(workdir=tmp_path_factory.mktemp("container-stack")) as running:
+        running.apply_env()
+        yield running
+        running.restore_env()
+
+
+@pytest.fixture(scope="module")
+def sessions(stack) -> Sessions:
+    from firebase_admin import firestore, storage
+
+    app = stack.firebase_app("container-tests")
+    return Sessions(firestore.client(app), storage.bucket(app=app))
+
+
+@dataclass
+class Container:
+    """One ``docker run -d`` of the image on the host network, serving on ``port``."""
+
+    engine: Engine
+    name: str
+    port: int
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=5)
+
+    def state(self) -> dict:
+        out = self.engine.docker("inspect", "--format", "{{json .State}}", self.name)
+        return json.loads(out.stdout)
+
+    def log_text(self) -> str:
+        proc = self.engine.docker("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def wait_ready(self, timeout: float = 180) -> list[tuple[int, int]]:
+        """Polls /health and /ready until /ready is 200; returns the (health, ready) pairs."""
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.state()["Running"]:
+                raise RuntimeError(f"container exited:\n{self.log_text()[-4000:]}")
+            try:
+                ready = self.get("/ready").status_code
+                seen.append((self.get("/health").status_code, ready))
+            except requests.ConnectionError:
+                time.sleep(0.1)
+                continue
+            if ready == 200:
+                return seen
+            time.sleep(0.05)
+        raise TimeoutError(f"not ready after {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def stop(self, grace_s: int = 10) -> subprocess.CompletedProcess[str]:
+        return self.engine.docker("stop", "--time", str(grace_s), self.name, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def run_container(image, stack) -> Iterator[Callable[..., Container]]:
+    """Starts containers the way Cloud Run runs the image (read-only root filesystem, tmpfs
+    /tmp, $PORT), pointed at the local stack; all are removed at the end of the module."""
+    started: list[Container] = []
+
+    def run(**env: str) -> Container:
+        port = free_port()
+        name = f"inpaint-test-{uuid.uuid4().hex[:8]}"
+        settings = stack.env | FAST_SETTINGS | {"PORT": str(port)} | env
+        argv = ["run", "--detach", "--name", name, "--network", "host", "--read-only"]
+        argv += ["--tmpfs", "/tmp:rw,nosuid,nodev,size=512m"]
+        for key, value in settings.items():
+            argv += ["--env", f"{key}={value}"]
+        image.engine.docker(*argv, TAG)
+        container = Container(image.engine, name, port)
+        started.append(container)
+        return container
+
+    yield run
+    for container in started:
+        image.engine.docker("rm", "--force", container.name, check=False)
+
+
+def run_in_image(built: Built, *command: str, network: str = "none") -> str:
+    """Runs a one-off command in the image (root filesystem read-only) and returns stdout."""
+    proc = built.engine.docker(
+        "run",
+        "--rm",
+        "--network",
+        network,
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        TAG,
+        *command,
+        timeout=300,
+    )
+    return proc.stdout
