@@ -495,17 +495,6 @@ def layer_group(created_by: str) -> str:
 _CHUNK = 1 << 20
 
 
-def _search(stream: object, needle: bytes) -> bool:
-    """Whether ``needle`` occurs in a binary file object (read in chunks, with overlap)."""
-    tail = b""
-    read = stream.read  # type: ignore[attr-defined]
-    while chunk := read(_CHUNK):
-        if needle in tail + chunk:
-            return True
-        tail = chunk[-(len(needle) - 1) :] if len(needle) > 1 else b""
-    return False
-
-
 def walk_saved_image(
     engine: Engine, ref: str, visit: Callable[[str, str, object], None], *, layers: bool = True
 ) -> None:
@@ -535,26 +524,50 @@ def walk_saved_image(
             raise ImageError(f"docker save {ref} failed ({proc.returncode})")
 
 
-def find_in_image(engine: Engine, ref: str, needle: str) -> list[str]:
-    """Every place ``needle`` occurs in the image as a registry would receive it: file names,
-    link targets and contents of every layer, the config (env, labels, history) and manifest,
-    plus ``docker history``. [] when it occurs nowhere."""
-    raw = needle.encode()
-    hits: list[str] = []
+def layer_dirs(engine: Engine, ref: str) -> list[Path]:
+    """The content of each of the image's layers as the engine stores it (overlay2 ``diff``
+    directories, newest first): exactly what ``docker save`` / ``docker push`` put in the
+    layer tars, readable without exporting gigabytes."""
+    out = engine.docker("image", "inspect", "--format", "{{json .GraphDriver}}", ref).stdout
+    driver = json.loads(out)
+    if driver.get("Name") != "overlay2":
+        raise ImageError(f"layer search needs the overlay2 storage driver, not {driver!r}")
+    data = driver["Data"]
+    dirs = [data.get("UpperDir", ""), *data.get("LowerDir", "").split(":")]
+    return [Path(d) for d in dirs if d]
 
-    def visit(layer: str, path: str, item: object) -> None:
-        if isinstance(item, tarfile.TarInfo):
-            meta = f"{item.name}\0{item.linkname}\0{item.pax_headers}".encode()
-            if raw in meta:
-                hits.append(f"{layer}:{path} (name or header)")
-        elif _search(item, raw):
-            hits.append(f"{layer}:{path}" if layer else path)
 
-    walk_saved_image(engine, ref, visit)
-    history = engine.docker("history", "--no-trunc", ref).stdout
-    inspect = engine.docker("image", "inspect", ref).stdout
-    hits += [name for name, text in (("history", history), ("inspect", inspect)) if needle in text]
-    return hits
+def find_in_image(engine: Engine, ref: str, needles: Sequence[str]) -> dict[str, list[str]]:
+    """Where each needle occurs in the image: in any file of any layer (content, name or link
+    target), in the image config (env, labels, cmd, history) or in ``docker history``.
+    Needles found nowhere map to []."""
+    found: dict[str, list[str]] = {n: [] for n in needles}
+    dirs = layer_dirs(engine, ref)
+    argv = ["grep", "-r", "-a", "-F", "-o", "-Z", *(f"-e{n}" for n in needles), *map(str, dirs)]
+    proc = subprocess.run(argv, capture_output=True, timeout=1800)
+    if proc.returncode not in (0, 1):
+        raise ImageError(f"grep failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    for line in proc.stdout.split(b"\n"):
+        path, sep, match = line.partition(b"\0")
+        if sep and match.decode(errors="replace") in found:
+            where = path.decode(errors="replace")
+            if where not in found[match.decode()]:
+                found[match.decode()].append(where)
+    for layer in dirs:
+        for folder, subdirs, files in os.walk(layer):
+            for name in subdirs + files:
+                path = Path(folder) / name
+                target = os.readlink(path) if path.is_symlink() else ""
+                for needle in needles:
+                    if needle in name or needle in target:
+                        found[needle].append(f"{path} (name or link)")
+    texts = {
+        "docker history": engine.docker("history", "--no-trunc", ref).stdout,
+        "image config": engine.docker("image", "inspect", ref).stdout,
+    }
+    for needle in needles:
+        found[needle] += [where for where, text in texts.items() if needle in text]
+    return found
 
 
 def layer_sizes(engine: Engine, ref: str) -> list[dict[str, object]]:

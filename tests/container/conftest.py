@@ -1,16 +1,25 @@
 """Fixtures of the container tests: a real Docker engine (started by tools/image.py when none
 answers), the production image built from the repository's Dockerfile with the tiny weights and
-a marker secret, the local stack, and containers started from the image on the host network."""
+a marker secret, the local stack, and containers started from the image on the host network.
+
+A cold build takes minutes (mostly downloading and unpacking the CUDA torch packages), so it
+starts in a background thread as soon as collection is done, and the tests that need the image
+run last: the rest of the suite runs meanwhile. The engine is stopped at the end of the session
+if this session started it.
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import requests
@@ -30,21 +39,74 @@ class Built:
     marker: str  # the value of the hf_token secret the image was built with
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[Engine]:
-    with Engine() as running:
-        yield running
+class Preparation:
+    """Starts the engine and builds the image in a thread; ``wait`` hands over the result."""
+
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.marker = f"hf_marker_{secrets.token_hex(12)}"
+        self.result: BuildResult | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="image-build", daemon=True)
+
+    def start(self) -> Preparation:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.engine.start()
+            with tempfile.TemporaryDirectory(prefix="inpaint-secret-") as tmp:
+                secret = Path(tmp) / "hf_token"
+                secret.write_text(self.marker + "\n")
+                self.result = build(self.engine, tag=TAG, weights="tiny", secret_file=secret)
+        except BaseException as exc:  # handed to the tests that need the image
+            self.error = exc
+
+    def wait(self) -> Built:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return Built(self.engine, self.result, self.marker)
+
+    def stop(self) -> None:
+        self._thread.join()
+        self.engine.stop()
+
+
+_PREPARATION: Preparation | None = None
+
+
+def _needs_image(item: pytest.Item) -> bool:
+    return "image" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The tests that need the image go last (it builds in the background meanwhile)."""
+    items[:] = [i for i in items if not _needs_image(i)] + [i for i in items if _needs_image(i)]
+
+
+def pytest_collection_finish(session) -> None:
+    global _PREPARATION
+    if _PREPARATION is None and any(_needs_image(i) for i in session.items):
+        _PREPARATION = Preparation().start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _PREPARATION is not None:
+        _PREPARATION.stop()
 
 
 @pytest.fixture(scope="session")
-def image(engine, tmp_path_factory) -> Built:
+def image() -> Built:
     """The image, tiny weights, built with a fresh marker value as the hf_token secret."""
-    marker = f"hf_marker_{secrets.token_hex(12)}"
-    secret = tmp_path_factory.mktemp("secret") / "hf_token"
-    secret.write_text(marker + "\n")
-    result = build(engine, tag=TAG, weights="tiny", secret_file=secret)
-    print(f"\nimage built in {result.seconds:.1f} s")
-    return Built(engine, result, marker)
+    global _PREPARATION
+    if _PREPARATION is None:
+        _PREPARATION = Preparation().start()
+    built = _PREPARATION.wait()
+    print(f"\nimage built in {built.result.seconds:.1f} s")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +164,8 @@ class Container:
                 continue
             if ready == 200:
                 return seen
+            if seen[-1][0] != 200:
+                raise RuntimeError(f"/health {seen[-1][0]}:\n{self.log_text()[-4000:]}")
             time.sleep(0.05)
         raise TimeoutError(f"not ready after {timeout} s:\n{self.log_text()[-4000:]}")
 
@@ -118,7 +182,9 @@ def run_container(image, stack) -> Iterator[Callable[..., Container]]:
     def run(**env: str) -> Container:
         port = free_port()
         name = f"inpaint-test-{uuid.uuid4().hex[:8]}"
-        settings = stack.env | FAST_SETTINGS | {"PORT": str(port)} | env
+        # The image's own INPAINT_QUANT (the quantization its weights were built with) stays.
+        fast = {k: v for k, v in FAST_SETTINGS.items() if k != "INPAINT_QUANT"}
+        settings = stack.env | fast | {"PORT": str(port)} | env
         argv = ["run", "--detach", "--name", name, "--network", "host", "--read-only"]
         argv += ["--tmpfs", "/tmp:rw,nosuid,nodev,size=512m"]
         for key, value in settings.items():
