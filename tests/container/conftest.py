@@ -159,7 +159,9 @@ class Container:
             try:
                 ready = self.get("/ready").status_code
                 seen.append((self.get("/health").status_code, ready))
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or the worker is still importing the app: the master has
+                # bound the port and queues the connection meanwhile.
                 time.sleep(0.1)
                 continue
             if ready == 200:
