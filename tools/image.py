@@ -644,7 +644,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.log:
         args.log.write_text(result.log)
-    ran = [t for t, s in step_states(result.log).items() if s == "DONE"]
+    ran = [
+        t
+        for t, s in step_states(result.log).items()
+        if s == "DONE" and not t.startswith("[internal]") and " FROM " not in t
+    ]
     _log(f"built {result.tag} in {result.seconds:.1f} s ({int(size) / 1e9:.2f} GB); ran {ran}")
     return 0
 

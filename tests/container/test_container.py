@@ -11,6 +11,9 @@ from tests.container.conftest import TAG, run_in_image
 from tests.e2e.test_function import SIZE, assert_completed
 from tools.image import find_in_image, step_output, step_states
 
+# The first test that needs the image may wait for a cold build (minutes) in its setup.
+pytestmark = pytest.mark.timeout(1800)
+
 PROBE = """
 import json, os, torch
 def writable(path):
