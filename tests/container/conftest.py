@@ -26,10 +26,11 @@ import requests
 
 from tests.e2e.conftest import Sessions
 from tests.server import FAST_SETTINGS
-from tools.image import BuildResult, Engine, build
+from tools.image import ROOT, BuildResult, Engine, build, ensure_base
 from tools.stack import LocalStack, free_port
 
 TAG = "pawfect-edit-inpaint:test"
+BUILD_LOG = ROOT / "build" / "image-test-build.log"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Preparation:
         self.marker = f"hf_marker_{secrets.token_hex(12)}"
         self.result: BuildResult | None = None
         self.error: BaseException | None = None
+        self.timings: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name="image-build", daemon=True)
 
     def start(self) -> Preparation:
@@ -54,14 +56,27 @@ class Preparation:
         return self
 
     def _run(self) -> None:
+        started = time.monotonic()
         try:
             self.engine.start()
+            self.timings["engine"] = time.monotonic() - started
+            base = ensure_base(self.engine)
+            self.timings["base"] = time.monotonic() - started - self.timings["engine"]
             with tempfile.TemporaryDirectory(prefix="inpaint-secret-") as tmp:
                 secret = Path(tmp) / "hf_token"
                 secret.write_text(self.marker + "\n")
-                self.result = build(self.engine, tag=TAG, weights="tiny", secret_file=secret)
+                self.result = build(
+                    self.engine, tag=TAG, weights="tiny", secret_file=secret, base=base
+                )
+            self.timings["build"] = self.result.seconds
+            BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+            BUILD_LOG.write_text(self.result.log)
         except BaseException as exc:  # handed to the tests that need the image
             self.error = exc
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
+        return f"image preparation: {parts or 'not finished'} (build log: {BUILD_LOG})"
 
     def wait(self) -> Built:
         self._thread.join()
@@ -96,6 +111,11 @@ def pytest_collection_finish(session) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     if _PREPARATION is not None:
         _PREPARATION.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _PREPARATION is not None:
+        terminalreporter.write_line(_PREPARATION.summary())
 
 
 @pytest.fixture(scope="session")
