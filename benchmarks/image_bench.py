@@ -33,14 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.image import (  # noqa: E402
-    DATA_ROOT,
-    Engine,
-    build,
-    ensure_base,
-    layer_sizes,
-    step_states,
-)
+from tools.image import DATA_ROOT, Engine, build, ensure_base, step_states  # noqa: E402
+from tools.image_layers import layer_sizes  # noqa: E402
 from tools.stack import free_port  # noqa: E402
 
 TAG = "pawfect-edit-inpaint:bench"

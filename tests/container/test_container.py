@@ -9,7 +9,8 @@ import pytest
 
 from tests.container.conftest import TAG, run_in_image
 from tests.e2e.test_function import SIZE, assert_completed
-from tools.image import find_in_image, step_output, step_states
+from tools.image import step_output, step_states
+from tools.image_layers import find_in_image
 
 # The first test that needs the image may wait for a cold build (minutes) in its setup.
 pytestmark = pytest.mark.timeout(1800)

@@ -14,12 +14,12 @@ from tools.image import (
     DEFAULT_INDEX,
     build_argv,
     debian_mirror,
-    layer_group,
     parse_pip_config,
     pip_index_url,
     step_output,
     step_states,
 )
+from tools.image_layers import layer_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
