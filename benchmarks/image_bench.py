@@ -109,7 +109,7 @@ def cold_starts(engine: Engine, count: int) -> None:
                 try:
                     if requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).ok:
                         break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):
                     pass
                 if time.monotonic() - started > 300:
                     raise TimeoutError(engine.docker("logs", name, check=False).stderr[-3000:])
