@@ -49,7 +49,11 @@ CONTEXT_FILES += ("gunicorn.conf.py", "main.py")
 def timed_build(engine: Engine, label: str, context: Path = ROOT) -> dict[str, object]:
     result = build(engine, tag=TAG, weights="tiny", context=context)
     states = step_states(result.log)
-    ran = sorted(t for t, s in states.items() if s == "DONE" and not t.startswith("[internal]"))
+    ran = sorted(
+        t
+        for t, s in states.items()
+        if s == "DONE" and not t.startswith("[internal]") and " FROM " not in t
+    )
     cached = sorted(t for t, s in states.items() if s == "CACHED")
     print(f"build {label}: {result.seconds:.1f} s; ran {len(ran)} steps, {len(cached)} cached")
     for title in ran:
@@ -127,6 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also a build from an empty engine")
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--parts", default="builds,sizes,starts", help="comma-separated subset")
     args = parser.parse_args()
     print(f"machine: {len(os.sched_getaffinity(0))} cores, {time.strftime('%Y-%m-%d %H:%M')}")
     if args.cold:
@@ -138,14 +143,18 @@ def main() -> int:
             print(f"local base (debootstrap + import): {time.monotonic() - started:.1f} s")
             timed_build(cold, "cold (empty engine, base ready)")
         shutil.rmtree(tmp)
+    parts = set(args.parts.split(","))
     with Engine() as engine:
         timed_build(engine, "first in this engine")
-        timed_build(engine, "cached (no change)")
-        with tempfile.TemporaryDirectory(prefix="bench-context-") as tmp:
-            timed_build(engine, "after a code change", code_change_context(Path(tmp)))
-        timed_build(engine, "back to the repository's code")
-        sizes(engine)
-        cold_starts(engine, args.starts)
+        if "builds" in parts:
+            timed_build(engine, "cached (no change)")
+            with tempfile.TemporaryDirectory(prefix="bench-context-") as tmp:
+                timed_build(engine, "after a code change", code_change_context(Path(tmp)))
+            timed_build(engine, "back to the repository's code")
+        if "sizes" in parts:
+            sizes(engine)
+        if "starts" in parts:
+            cold_starts(engine, args.starts)
     return 0
 
 
