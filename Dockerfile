@@ -119,9 +119,10 @@ WORKDIR /build
 # The tiny random model (tests, local runs), made by the project's own builder with the same
 # directory layout as the weights command. Same rule as above: only the modules it imports.
 COPY inpaint/__init__.py inpaint/__main__.py inpaint/cli.py inpaint/config.py inpaint/errors.py \
-     inpaint/logs.py inpaint/weights.py inpaint/tiny.py ./inpaint/
+     inpaint/logs.py inpaint/weights.py ./inpaint/
+COPY inpaint/randmodel/ ./inpaint/randmodel/
 RUN INPAINT_LOG_LEVEL=INFO python -m inpaint tiny --dest /models --quant "${QUANT}" \
-    && rm -f /models/.tiny-model.lock \
+    && rm -f /models/.random-model.lock \
     && chmod -R a+rX,go-w /models
 
 

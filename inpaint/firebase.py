@@ -22,7 +22,6 @@ import json
 import logging
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 import firebase_admin
 import google.auth.credentials
+import tenacity
 from firebase_admin import credentials, firestore, storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
@@ -37,13 +37,24 @@ from google.api_core.retry import Retry, if_transient_error
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
+from inpaint.vocabulary import COMPLETED, FAILED, PROCESSING
 
 log = logging.getLogger(__name__)
 
-QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
 PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
 OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
 _CAS_ATTEMPTS = 20
+
+
+class _WrittenMeanwhile(Exception):
+    """Someone wrote the document between our read and our conditional write: read again."""
+
+
+def _cas_backoff(state: tenacity.RetryCallState) -> float:
+    """A short random pause growing with the attempt, so racing writers spread out."""
+    return random.uniform(0.005, 0.05) * state.attempt_number
+
+
 T = TypeVar("T")
 
 
@@ -346,7 +357,8 @@ class FirebaseStore:
         avoids Firestore transactions, whose pessimistic locks make N contending claims wait
         for lock timeouts and abort in lockstep.
         """
-        for attempt in range(_CAS_ATTEMPTS):
+
+        def attempt() -> T:
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             result, fields = decide(snap.to_dict() if snap.exists else None)
             if fields is None:
@@ -354,10 +366,21 @@ class FirebaseStore:
             option = self._db.write_option(last_update_time=snap.update_time)
             try:
                 ref.update(fields, option=option, retry=self._retry, timeout=self._timeout)
-                return result
-            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise TransientError(f"{ref.path} is changing too fast to update; retry later")
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound) as exc:
+                raise _WrittenMeanwhile from exc
+            return result
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_WrittenMeanwhile),
+            stop=tenacity.stop_after_attempt(_CAS_ATTEMPTS),
+            wait=_cas_backoff,
+        )
+        try:
+            return retrying(attempt)
+        except tenacity.RetryError:
+            raise TransientError(
+                f"{ref.path} is changing too fast to update; retry later"
+            ) from None
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)

@@ -25,8 +25,8 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Sessions
-from tests.server import FAST_SETTINGS
 from tools.image import ROOT, BuildResult, Engine, build, ensure_base
+from tools.server import FAST_SETTINGS
 from tools.stack import LocalStack, free_port
 
 TAG = "pawfect-edit-inpaint:test"

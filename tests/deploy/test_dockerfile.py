@@ -310,19 +310,26 @@ def test_weights_stages_copy_only_the_modules_of_their_command(stage_name):
     sources = [src for c in stage.all("COPY") for src in copy_parts(c)[1]]
     assert sources, "the weights stage needs the weights command's modules"
     for source in sources:
-        assert source.startswith("inpaint/") and source.endswith(".py"), (
+        module = source.endswith(".py") or ((ROOT / source).is_dir() and source.endswith("/"))
+        assert source.startswith("inpaint/") and module and source != "inpaint/", (
             f"{source}: copying more than the modules the command needs would re-download the "
             "weights on unrelated code changes"
         )
 
 
 def copy_stage_sources(stage: Stage, dest: Path) -> None:
-    sources = [src for c in stage.all("COPY") for src in copy_parts(c)[1]]
-    missing = [s for s in sources if not (ROOT / s).is_file()]
-    assert not missing, f"the Dockerfile copies files that do not exist: {missing}"
-    for source in sources:
-        (dest / source).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / source, dest / source)
+    """Copies what the stage's COPY instructions copy (files and package folders)."""
+    for copy in stage.all("COPY"):
+        _, sources, target = copy_parts(copy)
+        for source in sources:
+            path = ROOT / source
+            assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
+            where = dest / target.removeprefix("./")
+            if path.is_dir():
+                shutil.copytree(path, where, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                where.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, where / path.name)
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:

@@ -67,7 +67,7 @@ class ServerProcess:
             try:
                 if requests.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):  # worker still importing
+            except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
