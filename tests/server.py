@@ -59,7 +59,7 @@ class ServerProcess:
         )
         return self
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -72,7 +72,7 @@ class ServerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
 
-    def post(self, headers: dict, body: bytes, path: str = "/", timeout: float = 120):
+    def post(self, headers: dict, body: bytes, path: str = "/", timeout: float = 600):
         return requests.post(self.url + path, headers=headers, data=body, timeout=timeout)
 
     def get(self, path: str, timeout: float = 5):

@@ -166,7 +166,7 @@ def test_killed_worker_job_is_finished_by_a_new_process_after_the_lease(slow_pai
     headers, body = eventlib.pubsub_binary(user, session, f"crash-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         first = pool.submit(_post_quietly, doomed, headers, body)
-        running = wait_for(lambda: _denoising(sessions, user, session), timeout=60)
+        running = wait_for(lambda: _denoising(sessions, user, session), timeout=300)
         doomed.kill()  # SIGKILL master and worker mid-denoising: no cleanup of any kind
         assert first.result(timeout=10) is None  # the delivery died with the process
     assert doomed.proc.poll() is not None
@@ -215,9 +215,9 @@ def test_storage_outage_mid_job_answers_500_and_the_redelivery_completes(
     headers, body = eventlib.pubsub_binary(user, session, f"st-mid-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, headers, body)
-        wait_for(lambda: _denoising(sessions, user, session), timeout=60)
+        wait_for(lambda: _denoising(sessions, user, session), timeout=300)
         with stack.outage("storage"):  # from mid-denoising until the delivery has answered
-            response = delivery.result(timeout=60)
+            response = delivery.result(timeout=300)
     assert response.status_code == 500
     doc = sessions.doc(user, session)
     assert doc["processingStatus"] == "processing" and doc["attempts"] == 1
@@ -244,7 +244,7 @@ def test_firestore_outage_mid_job_then_the_same_instance_retakes_its_own_lease(
     headers, body = eventlib.pubsub_binary(user, session, f"fs-mid-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, headers, body)
-        running = wait_for(lambda: _denoising(sessions, user, session), timeout=60)
+        running = wait_for(lambda: _denoising(sessions, user, session), timeout=300)
         with stack.outage("firestore"):
             response = delivery.result(timeout=90)
     assert response.status_code == 500

@@ -79,7 +79,7 @@ class Relay:
             else:
                 out_headers["content-type"] = "application/protobuf"
                 out_body = DocumentEventData.serialize(data)
-        code = requests.post(self.target, headers=out_headers, data=out_body, timeout=120)
+        code = requests.post(self.target, headers=out_headers, data=out_body, timeout=300)
         status = _status_of(document)
         with self._lock:
             self.delivered.append(
@@ -213,7 +213,7 @@ def test_firestore_trigger_events_start_each_edit_once_and_ignore_own_writes(tri
     def finished_edit(prompt: str) -> dict:
         """Waits for the edit's completion *and* for the event of that completion write, so
         every event the function's own writes caused has been answered."""
-        doc = wait_for(lambda: _completed(ref, prompt), timeout=120)
+        doc = wait_for(lambda: _completed(ref, prompt), timeout=300)
         wait_for(
             lambda: any(
                 d["status"] == "completed" and d["code"].status_code == 200
