@@ -141,7 +141,7 @@ def test_a_completed_document_never_changes_afterwards(long_server, sessions, fb
         completed = sessions.doc(user, session)
         assert completed["processingStatus"] == "completed"
         _one_more_job(long_server, sessions)
-        wait_for(lambda: completed in history.snapshot(), timeout=30)
+        wait_for(lambda: completed in history.snapshot(), timeout=300)
         versions = history.snapshot()
     finally:
         history.close()
