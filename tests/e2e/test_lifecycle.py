@@ -16,6 +16,7 @@ import threading
 import uuid
 
 import pytest
+import torch
 
 from tests import eventlib
 from tests.e2e.conftest import blob_versions, inference_count, wait_for
@@ -27,8 +28,9 @@ ALL_FILES = INPUTS | {"edited.jpg", "preview.jpg"}
 # allows them): even where the tiny model's steps take milliseconds (a GPU), the job is still
 # denoising when the test reacts to its first progress write; stopped, it costs a few steps.
 STOPPABLE = {"steps": 200}
-# A job that runs to its end with several heartbeats (every 0.2 s) on CPU and GPU alike.
-LONG_JOB = {"steps": 120}
+# A job that runs to its end with several heartbeats (every 0.2 s): 50 tiny steps take ~2.5 s on
+# two CPU cores; where CUDA runs them in milliseconds, 200.
+LONG_JOB = {"steps": 200 if torch.cuda.is_available() else 50}
 
 
 @pytest.fixture(scope="module")
