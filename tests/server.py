@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 FAST_SETTINGS = {
     "INPAINT_QUANT": "Q8_0",
     "INPAINT_STEPS": "2",
+    "INPAINT_MAX_STEPS": "200",  # tests that act mid-job ask for long jobs (more on a GPU)
     "INPAINT_WARMUP_STEPS": "1",
     "INPAINT_WORK_MEGAPIXELS": "0.0625",
     "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
