@@ -15,7 +15,6 @@ import signal
 import threading
 import uuid
 
-import pytest
 import torch
 
 from tests import eventlib
@@ -24,19 +23,13 @@ from tests.server import claims_by_session, log_records
 
 INPUTS = {"original.jpg", "mask_auto.png"}
 ALL_FILES = INPUTS | {"edited.jpg", "preview.jpg"}
-# Jobs the test stops mid-denoising ask for 200 steps (the most Settings allow; on a server that
-# allows them): even where the tiny model's steps take milliseconds (a GPU), the job is still
-# denoising when the test reacts to its first progress write; stopped, it costs a few steps.
+# Jobs the test stops mid-denoising ask for 200 steps (the test servers allow them): even where
+# the tiny model's steps take milliseconds (a GPU), the job is still denoising when the test
+# reacts to its first progress write; stopped, it costs a few steps.
 STOPPABLE = {"steps": 200}
 # A job that runs to its end with several heartbeats (every 0.2 s): 50 tiny steps take ~2.5 s on
 # two CPU cores; where CUDA runs them in milliseconds, 200.
 LONG_JOB = {"steps": 200 if torch.cuda.is_available() else 50}
-
-
-@pytest.fixture(scope="module")
-def long_server(start_server):
-    """A server that accepts up to 200 steps per job."""
-    return start_server(INPAINT_MAX_STEPS="200")
 
 
 def _now() -> dt.datetime:
@@ -134,15 +127,15 @@ def test_lost_replies_of_the_claim_and_the_completion_are_harmless(shared_server
 # ------------------------------------------------------------------------------ heartbeat
 
 
-def test_a_completed_document_never_changes_afterwards(long_server, sessions, fb):
+def test_a_completed_document_never_changes_afterwards(shared_server, sessions, fb):
     """A long job (many heartbeats every 0.2 s): the completion is the last write, forever."""
     user, session = sessions.create(doc=LONG_JOB)
     history = DocumentHistory(fb[0], f"users/{user}/sessions/{session}")
     try:
-        assert long_server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+        assert shared_server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
         completed = sessions.doc(user, session)
         assert completed["processingStatus"] == "completed"
-        _one_more_job(long_server, sessions)
+        _one_more_job(shared_server, sessions)
         wait_for(lambda: completed in history.snapshot(), timeout=300)
         versions = history.snapshot()
     finally:
@@ -152,13 +145,13 @@ def test_a_completed_document_never_changes_afterwards(long_server, sessions, fb
     assert any(0 < v.get("progress", 0) < 0.95 for v in versions)  # heartbeats did happen
 
 
-def test_a_job_whose_lease_was_taken_over_stops_before_writing_outputs(long_server, sessions):
+def test_a_job_whose_lease_was_taken_over_stops_before_writing_outputs(shared_server, sessions):
     """Another instance took the lease (ours looked dead to it): our heartbeat finds the lease
     gone, the job stops at its next step, writes nothing and acknowledges."""
     user, session = sessions.create(doc=STOPPABLE)
     ref = sessions.db.document(f"users/{user}/sessions/{session}")
     with cf.ThreadPoolExecutor(1) as pool:
-        delivery = pool.submit(long_server.post, *eventlib.pubsub_binary(user, session))
+        delivery = pool.submit(shared_server.post, *eventlib.pubsub_binary(user, session))
         wait_for(lambda: _denoising(sessions, user, session), timeout=300)
         ref.update({"leaseOwner": "another-instance:token"})  # what a takeover writes
         assert delivery.result(timeout=300).status_code == 200
@@ -166,36 +159,36 @@ def test_a_job_whose_lease_was_taken_over_stops_before_writing_outputs(long_serv
     doc = sessions.doc(user, session)
     assert doc["processingStatus"] == "processing"
     assert doc["leaseOwner"] == "another-instance:token"
-    assert any(m.startswith("job stopped: ") for m in _messages(long_server, session))
+    assert any(m.startswith("job stopped: ") for m in _messages(shared_server, session))
 
 
 # --------------------------------------------------------------------------------- cancel
 
 
-def test_the_app_cancels_a_running_job(long_server, sessions):
+def test_the_app_cancels_a_running_job(shared_server, sessions):
     user, session = sessions.create(doc=STOPPABLE)
     ref = sessions.db.document(f"users/{user}/sessions/{session}")
-    claims_before = inference_count(long_server)
+    claims_before = inference_count(shared_server)
     with cf.ThreadPoolExecutor(1) as pool:
-        delivery = pool.submit(long_server.post, *eventlib.pubsub_binary(user, session))
+        delivery = pool.submit(shared_server.post, *eventlib.pubsub_binary(user, session))
         wait_for(lambda: _denoising(sessions, user, session), timeout=300)
         ref.update({"processingStatus": "cancelled"})  # what the app writes
         assert delivery.result(timeout=300).status_code == 200  # acknowledged, not retried
     stopped = sessions.doc(user, session)
     assert stopped["processingStatus"] == "cancelled"
     assert sessions.files(user, session) == INPUTS  # no outputs
-    assert "job stopped: the app cancelled the job" in _messages(long_server, session)
+    assert "job stopped: the app cancelled the job" in _messages(shared_server, session)
 
-    _one_more_job(long_server, sessions)  # the model is free for the next job
+    _one_more_job(shared_server, sessions)  # the model is free for the next job
     assert sessions.doc(user, session) == stopped  # progress frozen: nothing written since
 
     # A later re-queue runs normally.
     ref.update({"processingStatus": "queued", "steps": 2})
-    assert long_server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    assert shared_server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
     doc = sessions.doc(user, session)
     assert doc["processingStatus"] == "completed" and doc["attempts"] == 1
     assert set(blob_versions(sessions, user, session)) == ALL_FILES
-    assert inference_count(long_server) - claims_before == 3  # cancelled, barrier, re-queue
+    assert inference_count(shared_server) - claims_before == 3  # cancelled, barrier, re-queue
 
 
 def test_a_cancelled_queued_session_is_not_started(shared_server, sessions):
@@ -235,7 +228,7 @@ def test_sigterm_releases_the_lease_of_a_running_job_for_its_redelivery(
     back (the lease is 10 minutes long here, so a lease left behind would block the
     redelivery), the delivery answers 500, and the redelivery to another instance completes
     it at once."""
-    doomed = start_server(INPAINT_LEASE_SECONDS="600", INPAINT_MAX_STEPS="200")
+    doomed = start_server(INPAINT_LEASE_SECONDS="600")
     user, session = sessions.create(doc=STOPPABLE)
     headers, body = eventlib.pubsub_binary(user, session, f"term-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
