@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint fmt demo stack bench soak clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -40,4 +41,4 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --jobs 200
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build out
+	rm -rf $(VENV) .pytest_cache .ruff_cache build out *.egg-info

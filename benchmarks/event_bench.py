@@ -19,17 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.soak import local_service, percentile, photo_and_mask  # noqa: E402
-from tests import eventlib  # noqa: E402
+from benchmarks.soak import local_service, percentile, photo_and_mask
+from tools import eventlib
 
 TARGET_S = 1.0
 

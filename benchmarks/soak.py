@@ -31,11 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tools.server import FAST_SETTINGS, ServerProcess, claims_by_session
 
-from tests.server import FAST_SETTINGS, ServerProcess, claims_by_session  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PHOTO_SIZE = (1200, 800)
 
@@ -229,10 +227,10 @@ def local_service(extra_env: dict[str, str] | None = None, workdir: Path | None 
     """The emulators + one server process with the tiny model: (stack, server, db, bucket)."""
     from firebase_admin import firestore, storage
 
-    from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
+    from inpaint.randmodel import MODEL_VERSION, build_tiny_model
     from tools.stack import LocalStack
 
-    model_dir = ROOT / "build" / f"tiny-model-v{TINY_MODEL_VERSION}"
+    model_dir = ROOT / "build" / f"tiny-model-v{MODEL_VERSION}"
     build_tiny_model(model_dir, layout="diffusers", quant="Q8_0")
     workdir = workdir or Path(tempfile.mkdtemp(prefix="inpaint-bench-"))
     with LocalStack(workdir=workdir / "stack") as stack:

@@ -23,8 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-QUEUED, PROCESSING, COMPLETED = "queued", "processing", "completed"
-FAILED, CANCELLED = "failed", "cancelled"
+from inpaint.vocabulary import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
 
 
 class Outcome(enum.StrEnum):

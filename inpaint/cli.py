@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inpaint.model import GenerationParams, InpaintModel
+    from inpaint.model import InpaintModel
     from inpaint.pipeline import Timings, repaint
+    from inpaint.vocabulary import GenerationParams
 
     overrides: dict[str, Any] = {
         k: v
@@ -115,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cpu_offload:
         overrides["cpu_offload"] = True
     if args.tiny is not None:
-        from inpaint.tiny import build_tiny_model
+        from inpaint.randmodel import build_tiny_model
 
         overrides |= {"model_dir": build_tiny_model(args.tiny), "quant": "Q8_0"}
     settings = Settings(**overrides)
@@ -182,7 +183,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from inpaint.tiny import build_tiny_model
+    from inpaint.randmodel import build_tiny_model
 
     dest = build_tiny_model(args.dest, layout=args.layout, quant=args.quant)
     sys.stdout.write(f"tiny model ({args.layout}, {args.quant}) in {dest}\n")

@@ -25,13 +25,12 @@ from google.events.cloud.firestore import DocumentEventData
 from google.events.cloud.pubsub import MessagePublishedData
 
 from inpaint.errors import InvalidRequestError
+from inpaint.vocabulary import QUEUED
 
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 FIRESTORE_PREFIX = "google.cloud.firestore.document.v1."
 FIRESTORE_STARTING_TYPES = frozenset({FIRESTORE_PREFIX + "created", FIRESTORE_PREFIX + "written"})
 FIRESTORE_OTHER_TYPES = frozenset({FIRESTORE_PREFIX + "updated", FIRESTORE_PREFIX + "deleted"})
-
-QUEUED = "queued"
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _DOC_RE = re.compile(r"(?:^|/documents/)users/([^/]+)/sessions/([^/]+)$")

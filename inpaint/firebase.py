@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import firebase_admin
 import google.auth.credentials
+import tenacity
 from firebase_admin import credentials, firestore, storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
@@ -37,12 +38,28 @@ from inpaint import claims
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
+from inpaint.vocabulary import CANCELLED, COMPLETED, QUEUED
 
 log = logging.getLogger(__name__)
 
 PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
 OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
 _CAS_ATTEMPTS = 20
+
+
+class _WrittenMeanwhile(Exception):
+    """Someone wrote the document between our read and our conditional write: read again."""
+
+
+class _NoAnswer(Exception):
+    """A conditional write got no answer (it may have landed): read again and decide."""
+
+
+def _cas_backoff(state: tenacity.RetryCallState) -> float:
+    """A short random pause growing with the attempt, so racing writers spread out."""
+    return random.uniform(0.005, 0.05) * state.attempt_number
+
+
 T = TypeVar("T")
 ClaimOutcome = claims.Outcome
 
@@ -197,9 +214,9 @@ class FirebaseStore:
     def _why_lost(self, claim: Claim) -> str:
         doc = self.read_document(claim.session) or {}
         status = doc.get("processingStatus")
-        if status == claims.CANCELLED:
+        if status == CANCELLED:
             return "the app cancelled the job"
-        if status == claims.QUEUED:
+        if status == QUEUED:
             return "the app queued a new request for the session"
         return f"the lease is no longer ours (status {status!r})"
 
@@ -209,7 +226,7 @@ class FirebaseStore:
         return self._finish(
             claim,
             {
-                "processingStatus": claims.COMPLETED,
+                "processingStatus": COMPLETED,
                 "progress": 1.0,
                 "errorMessage": None,
                 "errorCode": None,
@@ -278,7 +295,8 @@ class FirebaseStore:
         for lock timeouts and abort in lockstep.
         """
         give_up = time.monotonic() + self._settings.io_deadline_seconds
-        for attempt in range(_CAS_ATTEMPTS):
+
+        def attempt() -> T:
             snap = ref.get(retry=self._retry, timeout=self._timeout)
             result, fields = decide(snap.to_dict() if snap.exists else None)
             if fields is None:
@@ -288,15 +306,29 @@ class FirebaseStore:
                 # No automatic retry: if the write landed and only its reply was lost, a blind
                 # retry fails its precondition; re-reading lets ``decide`` recognise our write.
                 ref.update(fields, option=option, retry=None, timeout=self._timeout)
-                return result
-            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound):
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound) as exc:
+                raise _WrittenMeanwhile from exc
             except Exception as exc:
                 if not _unknown_outcome(exc) or time.monotonic() > give_up:
                     raise
                 log.warning("conditional write got no answer (%s); re-reading", type(exc).__name__)
-                time.sleep(min(0.25 * (attempt + 1), 2.0))
-        raise TransientError(f"{ref.path} is changing too fast to update; retry later")
+                raise _NoAnswer from exc
+            return result
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((_WrittenMeanwhile, _NoAnswer)),
+            stop=tenacity.stop_after_attempt(_CAS_ATTEMPTS),
+            wait=_cas_backoff,
+        )
+        try:
+            return retrying(attempt)
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            if isinstance(last, _NoAnswer) and isinstance(last.__cause__, Exception):
+                raise last.__cause__ from None
+            raise TransientError(
+                f"{ref.path} is changing too fast to update; retry later"
+            ) from None
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)

@@ -4,11 +4,9 @@ Pure PIL + numpy (no torch), so it is cheap to import, to test and to benchmark 
 
 The pipeline, and why each step exists:
 
-1. ``decode_photo`` / ``decode_mask`` turn untrusted bytes into a known shape: an RGB photo in
-   its *displayed* orientation and a binary ``L`` mask of exactly the photo's size. Every way the
-   bytes can be unusable becomes an :class:`~inpaint.errors.InvalidImageError` (or a
-   :class:`~inpaint.errors.MaskMismatchError`) whose message names the input and the problem,
-   because that message is shown to the user as is.
+1. ``decode_photo`` / ``decode_mask`` (in ``inpaint.decoding``) turn untrusted bytes into an
+   RGB photo in its displayed orientation and a binary ``L`` mask of the photo's size, or a
+   clear error the user sees.
 2. ``plan_region`` chooses what the model sees: for a small mask on a big photo only a crop
    around the mask (with context), at a working resolution of about ``work_megapixels``. The
    model's cost depends on the working resolution only, so a crop spends that budget where the
@@ -24,56 +22,17 @@ the decoded (EXIF-rotated) original, like PIL's.
 
 from __future__ import annotations
 
+import functools
 import io
-import logging
 import math
-import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import (
-    BmpImagePlugin,  # noqa: F401  (imported to register the decoders ALLOWED_FORMATS names)
-    GifImagePlugin,  # noqa: F401
-    Image,
-    ImageCms,
-    ImageFilter,
-    ImageOps,
-    JpegImagePlugin,  # noqa: F401
-    PngImagePlugin,  # noqa: F401
-    TiffImagePlugin,  # noqa: F401
-    UnidentifiedImageError,
-    WebPImagePlugin,  # noqa: F401
-    features,
-)
+from PIL import Image, ImageFilter
 
-from inpaint.errors import InvalidImageError, MaskMismatchError
+from inpaint.decoding import ImageLimits, decode_mask, decode_photo
 
-if TYPE_CHECKING:
-    from inpaint.config import Settings
-
-log = logging.getLogger(__name__)
-
-#: Formats we decode. An allow-list rather than everything PIL knows: exotic decoders (EPS runs
-#: Ghostscript, PSD, ICO, ...) are attack surface that no pet photo needs. Phones' multi-picture
-#: JPEGs (MPO) open through the JPEG decoder. The plugins are imported above because PIL loads
-#: most of them lazily and ``Image.open(formats=...)`` needs them registered; AVIF only where
-#: this PIL build has it.
-if features.check("avif"):
-    from PIL import AvifImagePlugin  # noqa: F401
-ALLOWED_FORMATS: tuple[str, ...] = tuple(
-    f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN
-)
-#: Smallest accepted side (photo and mask). Below this there is nothing to inpaint sensibly, and
-#: the working size could not keep both sides at a multiple of 16.
-MIN_SIDE = 16
-#: Largest accepted aspect ratio (long side / short side) of the photo. Up to 16:1 (wide phone
-#: panoramas) the pipeline works: small masks are cropped to a near-square region, and even a
-#: full-width mask gives a 1 MP working size with a short side of about 250 px. Beyond that the
-#: model would see a strip a few latent rows high, so we refuse with a clear message instead.
-MAX_ASPECT = 16.0
-#: Baseline JPEG cannot store a side longer than this, and edited.jpg keeps the original size.
-MAX_JPEG_SIDE = 65_500
 #: Working sizes are multiples of this (FLUX: VAE factor 8 x patch size 2).
 WORK_MULTIPLE = 16
 #: Minimum context around the mask's bounding box in a crop, in original pixels. Also keeps the
@@ -87,44 +46,18 @@ MAX_CROP_ASPECT = 2.0
 #: When the crop would cover more than this fraction of the photo, the whole photo is used: the
 #: resolution gain would be small and the model sees the complete scene.
 FULL_IMAGE_FRACTION = 0.5
-#: Colour that transparent photo pixels are composited on (see ``decode_photo``).
-TRANSPARENT_BACKGROUND = (255, 255, 255)
 #: Preview: longest side in pixels, and JPEG qualities of the two outputs.
 PREVIEW_SIDE = 512
 EDITED_QUALITY = 95
 PREVIEW_QUALITY = 85
 
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-# Leading bytes of the allowed formats, only to word the message for a file cut inside its header.
-_MAGIC: tuple[tuple[str, bytes], ...] = (
-    ("JPEG", b"\xff\xd8\xff"),
-    ("PNG", b"\x89PNG\r\n\x1a\n"),
-    ("GIF", b"GIF8"),
-    ("WEBP", b"RIFF"),
-    ("TIFF", b"II*\x00"),
-    ("TIFF", b"MM\x00*"),
-    ("BMP", b"BM"),
-)
-# point() lookup tables: binarise at 50 %, and "any coverage".
-_BINARISE_LUT = [0] * 128 + [255] * 128
 _NONZERO_LUT = [0] + [255] * 255
 # One box-blur pass of radius r turns a lone 255 into 255 / (2r + 1), which must still round to
 # at least 1 for the dilation threshold to see it; chunk larger dilations.
 _MAX_DILATE_STEP = 200
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Input limits: a byte size and a pixel count (checked from the header, before decoding)."""
-
-    max_bytes: int
-    max_pixels: int
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> ImageLimits:
-        """The limits configured by ``INPAINT_MAX_INPUT_BYTES`` / ``INPAINT_MAX_INPUT_PIXELS``."""
-        return cls(max_bytes=s.max_input_bytes, max_pixels=s.max_input_pixels)
+# Side of the squares the paste-back works in (see ``_tiles``): small enough that few pixels
+# around the outline are filtered, large enough that per-tile overhead stays small.
+_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -161,309 +94,6 @@ class Prepared:
     def empty(self) -> bool:
         """True when the mask has no white pixel: the caller skips the model."""
         return self.region is None
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
-def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Decodes the photo into RGB, in its displayed orientation.
-
-    - Format is sniffed from the bytes (a PNG named ``.jpg`` is fine); see ``ALLOWED_FORMATS``.
-    - Limits: byte size first, then pixel count, minimum side, aspect ratio (``MAX_ASPECT``) from
-      the header *before* any pixel is decoded, so decompression bombs cost nothing. PIL's own
-      bomb check (``Image.MAX_IMAGE_PIXELS``) may fire first for giant headers; it is reported
-      the same way. The effective limit is therefore the smaller of the two.
-    - The pixels are loaded inside the ``try``, so truncated files are errors, not grey bands.
-    - EXIF orientation is applied (``ImageOps.exif_transpose``); a broken EXIF block is ignored
-      rather than failing the job.
-    - Colour: any mode becomes RGB. Transparent pixels are composited on white (a cut-out PNG
-      would otherwise show whatever colour hides under alpha 0, often black); 16-bit and
-      32-bit/float greyscale are scaled to 8 bits (see ``_high_depth_to_l``), never clipped;
-      CMYK goes through its embedded ICC profile when there is one.
-    - The result's ``info`` holds only ``icc_profile`` (when it is an RGB profile), so outputs
-      keep the photo's colour space (e.g. Display P3) but carry no EXIF (no GPS, no stale
-      orientation tag).
-    """
-    im = _open(data, limits, "photo")
-    icc = im.info.get("icc_profile")
-    rgb = _to_rgb(im, icc)
-    keep = icc is not None and im.mode != "CMYK" and _is_rgb_profile(icc)
-    rgb.info = {"icc_profile": icc} if keep else {}
-    return rgb
-
-
-def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Image.Image:
-    """Decodes the mask into an ``L`` image of values 0/255 and exactly ``size``.
-
-    White (255) means "repaint". The rule for which channel is the mask:
-
-    - If the image has an alpha channel (RGBA, LA, PA, or a palette/tRNS transparency) and that
-      alpha is not uniformly opaque, the alpha channel is the mask: painted strokes on a
-      transparent canvas are what to repaint, whatever their colour.
-    - Otherwise the luminance is the mask (white on black).
-
-    16-bit, 32-bit and float masks are scaled to 8 bits like photos. The result is binarised at
-    50 % (>= 128 -> 255).
-
-    ``size`` is the photo's *displayed* size (after its EXIF rotation), and the mask is expected
-    in that orientation (its own EXIF orientation, if any, is applied too). A mask of another
-    size but the same aspect ratio (within 1 %, or 1 px of rounding) is resized (bilinear, then
-    re-binarised); any other aspect ratio is a :class:`MaskMismatchError` naming both sizes.
-    """
-    im = _open(data, limits, "mask")
-    gray = _mask_gray(im)
-    if gray.size != size:
-        _check_mask_aspect(gray.size, size)
-        gray = gray.resize(size, Image.Resampling.BILINEAR)
-    return gray.point(_BINARISE_LUT)
-
-
-def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
-    """Opens, checks and fully loads one input, and applies its EXIF orientation."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
-    if len(data) == 0:
-        raise InvalidImageError(f"The {what} is empty (0 bytes).")
-    if len(data) > limits.max_bytes:
-        raise InvalidImageError(
-            f"The {what} is {_format_bytes(len(data))}, above the limit of "
-            f"{_format_bytes(limits.max_bytes)}."
-        )
-    try:
-        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise InvalidImageError(_bomb_message(what, e, limits)) from e
-    except UnidentifiedImageError as e:
-        raise InvalidImageError(f"The {what} could not be read: {_sniff(data)}.") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # PIL raises many types on malformed headers
-        raise _unreadable(what, e, data) from e
-
-    _check_dimensions(im.size, limits, what)
-    try:
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise InvalidImageError(_bomb_message(what, e, limits)) from e
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise _unreadable(what, e, data) from e
-
-    try:
-        ImageOps.exif_transpose(im, in_place=True)
-    except Exception as e:  # a corrupt EXIF block must not cost the user their edit
-        log.warning("ignoring unreadable EXIF orientation of the %s: %s", what, e)
-    return im
-
-
-def _check_dimensions(size: tuple[int, int], limits: ImageLimits, what: str) -> None:
-    """Header-level checks, before any pixel is decoded."""
-    w, h = size
-    if w * h > limits.max_pixels:
-        raise InvalidImageError(
-            f"The {what} is {w}x{h} = {_format_mp(w * h)}, above the limit of "
-            f"{_format_mp(limits.max_pixels)}."
-        )
-    if min(w, h) < MIN_SIDE:
-        raise InvalidImageError(
-            f"The {what} is {w}x{h} pixels; at least {MIN_SIDE} pixels on each side are needed."
-        )
-    if what == "photo" and max(w, h) > MAX_ASPECT * min(w, h):
-        raise InvalidImageError(
-            f"The photo is {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
-            f"at most {MAX_ASPECT:.0f}:1 is supported."
-        )
-    if max(w, h) > MAX_JPEG_SIDE:
-        raise InvalidImageError(
-            f"The {what} is {w}x{h} pixels; sides longer than {MAX_JPEG_SIDE} pixels are not "
-            "supported."
-        )
-
-
-def _bomb_message(what: str, e: Exception, limits: ImageLimits) -> str:
-    """PIL's own bomb error only knows the pixel count; report it in our terms."""
-    match = re.search(r"\((\d+) pixels\)", str(e))
-    size = _format_mp(int(match.group(1))) if match else "too many pixels"
-    return f"The {what} is {size}, above the limit of {_format_mp(limits.max_pixels)}."
-
-
-def _sniff(data: bytes) -> str:
-    """Why bytes that no allowed decoder accepts are not an image, as specifically as we can."""
-    head = bytes(data[:64])
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if stripped[:1] == b"<":
-        return "it is an HTML or XML document (maybe an error page), not an image"
-    if head.startswith(b"%PDF"):
-        return "it is a PDF document, not an image"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12].decode("ascii", "replace")
-        if brand in {"heic", "heix", "hevc", "heim", "heis", "mif1", "msf1"}:
-            return "HEIC/HEIF photos are not supported; please upload a JPEG or PNG"
-        if brand in {"avif", "avis"}:
-            return "AVIF images are not supported; please upload a JPEG or PNG"
-        return "it is a video or another ISO media file, not an image"
-    for fmt, magic in _MAGIC:
-        if head.startswith(magic) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
-            return f"the file starts like a {fmt} image but is truncated or corrupt"
-    return f"it is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})"
-
-
-def _unreadable(what: str, e: Exception, data: bytes) -> InvalidImageError:
-    """The error for bytes that a decoder rejected."""
-    return InvalidImageError(f"The {what} could not be read: {_describe_failure(e, data)}.")
-
-
-def _describe_failure(e: Exception, data: bytes) -> str:
-    """Turns a decoder exception into the user-facing reason.
-
-    libwebp reports a cut file only as "could not create decoder object", so for WebP the RIFF
-    container's declared length is compared with the bytes we have.
-    """
-    text = str(e).lower()
-    riff_cut = data[:4] == b"RIFF" and 8 + int.from_bytes(bytes(data[4:8]), "little") > len(data)
-    if isinstance(e, EOFError) or "truncat" in text or "premature end" in text or riff_cut:
-        return "the file is truncated (it may not have been uploaded completely)"
-    return "the image data is corrupt"
-
-
-def _format_mp(pixels: int) -> str:
-    """400 MP, 50 MP, 1.5 MP, 0.04 MP: three significant digits, no exponent."""
-    mp = pixels / 1e6
-    return f"{mp:.0f} MP" if mp >= 100 else f"{mp:.3g} MP"
-
-
-def _format_bytes(n: int) -> str:
-    """Human-readable byte size (binary units, as the limit's default is 40 MiB)."""
-    if n < 1024:
-        return f"{n} bytes"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.3g} KB"
-    return f"{n / (1024 * 1024):.3g} MB"
-
-
-# --------------------------------------------------------------------------------------------
-# Colour modes
-# --------------------------------------------------------------------------------------------
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    """Alpha channel, or a palette/colour-key transparency that PIL expands to alpha."""
-    return im.mode in _ALPHA_MODES or "transparency" in im.info
-
-
-def _to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    """Any decoded mode to RGB (returns ``im`` itself when it is RGB already)."""
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im).convert("RGB")
-    if mode == "CMYK":
-        return _cmyk_to_rgb(im, icc)
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", im.size, TRANSPARENT_BACKGROUND)
-        out.paste(rgba.convert("RGB"), (0, 0), rgba.getchannel("A"))
-        return out
-    try:
-        return im.convert("RGB")
-    except ValueError as e:  # e.g. LAB, which PIL cannot convert without a profile
-        raise InvalidImageError(
-            f"The photo uses the colour mode {mode}, which is not supported."
-        ) from e
-
-
-def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    """CMYK through its ICC profile to sRGB when it has one; PIL's naive formula otherwise."""
-    if icc:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            srgb = ImageCms.createProfile("sRGB")
-            converted = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
-            if converted is not None:
-                return converted
-        except (ImageCms.PyCMSError, OSError, ValueError) as e:
-            log.warning("ignoring unusable CMYK ICC profile: %s", e)
-    return im.convert("RGB")
-
-
-def _is_rgb_profile(icc: bytes) -> bool:
-    """Only an RGB profile can be embedded in our RGB outputs."""
-    try:
-        return ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
-    except (ImageCms.PyCMSError, OSError, ValueError, AttributeError):
-        return False
-
-
-def _high_depth_to_l(im: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale to 8-bit ``L``, scaled rather than clipped.
-
-    ``I;16*`` modes say their range: 0..65535 maps to 0..255 (rounded). ``I`` (32-bit) and ``F``
-    do not, so the data decides: float values within 0..1 are unit floats, values within 0..255
-    are 8-bit, within 0..65535 16-bit, and anything else (negative, larger) is stretched from its
-    minimum to its maximum. NaN counts as 0.
-    """
-    a = np.asarray(im)
-    if im.mode.startswith("I;16"):
-        out = (a.astype(np.uint32) * 255 + 32767) // 65535
-        return Image.fromarray(out.astype(np.uint8), "L")
-    f = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
-    if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        f = f * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        pass
-    elif lo >= 0.0 and hi <= 65535.0:
-        f = f * (255.0 / 65535.0)
-    elif hi > lo:
-        f = (f - lo) * (255.0 / (hi - lo))
-    else:
-        f = np.zeros_like(f)
-    return Image.fromarray(np.clip(np.rint(f), 0, 255).astype(np.uint8), "L")
-
-
-def _mask_gray(im: Image.Image) -> Image.Image:
-    """The 8-bit ``L`` mask of any mode, per the alpha-or-luminance rule of ``decode_mask``."""
-    mode = im.mode
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im)
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        lowest, _ = alpha.getextrema()
-        if lowest < 255:
-            return alpha
-        return rgba.convert("RGB").convert("L")
-    if mode == "L":
-        return im
-    if mode in ("1", "RGB", "P"):
-        return im.convert("L")
-    return im.convert("RGB").convert("L")
-
-
-def _check_mask_aspect(mask_size: tuple[int, int], photo_size: tuple[int, int]) -> None:
-    """Same aspect ratio within 1 %, or within 1 px of rounding either way; else an error."""
-    mw, mh = mask_size
-    pw, ph = photo_size
-    relative = abs(mw * ph - pw * mh) / (pw * mh)
-    rounding = abs(mh - ph * mw / pw) <= 1.0 or abs(mw - pw * mh / ph) <= 1.0
-    if relative <= 0.01 or rounding:
-        return
-    hint = ""
-    swapped_rel = abs(mw * pw - ph * mh) / (ph * mh)
-    if swapped_rel <= 0.01:
-        hint = (
-            " The mask seems to follow the photo's stored orientation: draw it on the photo as"
-            " displayed (EXIF rotation applied)."
-        )
-    raise MaskMismatchError(
-        f"The mask is {mw}x{mh} pixels but the photo is {pw}x{ph} pixels (as displayed); "
-        f"their aspect ratios differ ({mw / mh:.3f} vs {pw / ph:.3f}).{hint}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,9 +238,65 @@ def blend_alpha(mask: Image.Image, *, dilate_px: int, feather_px: int) -> Image.
     ``dilate_px + feather_px - h`` and box-blurred twice with radii summing to
     ``h = feather_px // 2`` (a piecewise-quadratic, Gaussian-like edge with a finite support, so
     "outside the band" is exact, which a true Gaussian is not).
+
+    Computed tile by tile (see ``_tiles``), the same values as filtering the whole image.
     """
     if dilate_px < 0 or feather_px < 0:
         raise ValueError("dilate_px and feather_px must not be negative")
+    alpha = Image.new("L", mask.size, 0)
+    for box, halo, kind in _tiles(mask, band_reach(dilate_px, feather_px)):
+        if kind == "inside":
+            alpha.paste(_uniform_alpha(dilate_px, feather_px), box)
+        elif kind == "edge":
+            part = _blend_alpha_whole(mask.crop(halo), dilate_px=dilate_px, feather_px=feather_px)
+            x, y = box[0] - halo[0], box[1] - halo[1]
+            alpha.paste(part.crop((x, y, x + box[2] - box[0], y + box[3] - box[1])), box)
+    return alpha
+
+
+Box = tuple[int, int, int, int]
+
+
+def _tiles(mask: Image.Image, reach: int) -> list[tuple[Box, Box, str]]:
+    """The mask cut into ``_TILE`` squares: (box, box + reach, kind), where the kind says what
+    the surroundings hold: no mask ("outside"), only mask ("inside"), or both ("edge").
+
+    Every filter pass of the alpha looks at most ``band_reach`` pixels far (their radii add up
+    to it), so a tile's alpha depends only on the mask within ``band_reach`` of it: none there
+    means 0; all there means the value the filters make of a uniform mask; otherwise the
+    filters run over tile + reach, which gives exactly the values of filtering the whole image
+    (PIL's filters extend the image's own edges the same way). On a 12 MP mask only the tiles
+    on the mask's outline are filtered.
+    """
+    width, height = mask.size
+    values = np.asarray(mask)
+    tiles: list[tuple[Box, Box, str]] = []
+    for top in range(0, height, _TILE):
+        for left in range(0, width, _TILE):
+            box = (left, top, min(left + _TILE, width), min(top + _TILE, height))
+            halo = (
+                max(0, left - reach),
+                max(0, top - reach),
+                min(width, box[2] + reach),
+                min(height, box[3] + reach),
+            )
+            around = values[halo[1] : halo[3], halo[0] : halo[2]]
+            kind = "outside" if not around.any() else "inside" if around.all() else "edge"
+            tiles.append((box, halo, kind))
+    return tiles
+
+
+@functools.cache
+def _uniform_alpha(dilate_px: int, feather_px: int) -> int:
+    """The alpha deep inside a mask: what the filters make of an all-255 image."""
+    side = 2 * band_reach(dilate_px, feather_px) + 3
+    full = Image.new("L", (side, side), 255)
+    alpha = _blend_alpha_whole(full, dilate_px=dilate_px, feather_px=feather_px)
+    return int(alpha.getpixel((0, 0)))  # type: ignore[arg-type]
+
+
+def _blend_alpha_whole(mask: Image.Image, *, dilate_px: int, feather_px: int) -> Image.Image:
+    """``blend_alpha`` over the whole image at once (PIL's C filters)."""
     half = feather_px // 2
     alpha = _dilate(mask, dilate_px + feather_px - half)
     first = half - half // 2
@@ -632,6 +318,9 @@ def composite(
     outside it, and everywhere alpha is 0, the result is bit-identical to the original. An empty
     mask returns an unchanged copy. The ICC profile (``info``) of the original is kept.
 
+    The generated image is resampled in a second thread while ``blend_alpha`` works (PIL's C
+    code releases the GIL), and ``blend_alpha`` filters only the tiles on the mask's outline.
+
     The band is cut where it would cross a crop edge inside the photo; the crop keeps at least
     ``MIN_CONTEXT_PX`` (64) around the mask, so this only matters when ``dilate_px +
     feather_px`` exceeds that - then pass their sum as ``band_px`` to ``prepare``.
@@ -652,25 +341,23 @@ def composite(
         min(right, bbox[2] + reach),
         min(bottom, bbox[3] + reach),
     )
-    band_size = (band[2] - band[0], band[3] - band[1])
 
     if generated.mode != "RGB":
         generated = generated.convert("RGB")
     gw, gh = generated.size
     sx, sy = gw / crop_w, gh / crop_h
+    resample = Image.Resampling.BICUBIC if sx < 1.0 or sy < 1.0 else Image.Resampling.LANCZOS
     source_box = (
         (band[0] - left) * sx,
         (band[1] - top) * sy,
         (band[2] - left) * sx,
         (band[3] - top) * sy,
     )
-    upscale = sx < 1.0 or sy < 1.0
-    patch = generated.resize(
-        band_size,
-        Image.Resampling.BICUBIC if upscale else Image.Resampling.LANCZOS,
-        box=source_box,
-    )
-    alpha = blend_alpha(prepared.mask.crop(band), dilate_px=dilate_px, feather_px=feather_px)
+    band_size = (band[2] - band[0], band[3] - band[1])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        resampled = pool.submit(generated.resize, band_size, resample, box=source_box)
+        alpha = blend_alpha(prepared.mask.crop(band), dilate_px=dilate_px, feather_px=feather_px)
+        patch = resampled.result()
 
     result = original.copy()
     result.paste(patch, band[:2], alpha)

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from inpaint.config import Settings
@@ -22,6 +21,7 @@ from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
 from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore, LeaseLostError
 from inpaint.logs import log_context
 from inpaint.pipeline import Model, Timings, repaint
+from inpaint.vocabulary import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,6 @@ class ShutdownError(TransientError):
     """The instance is shutting down (SIGTERM): the job gives its lease back for redelivery."""
 
 
-@dataclass(frozen=True)
-class JobParams:
-    """Generation parameters for one job: the document's, bounded, or the defaults."""
-
-    prompt: str
-    seed: int
-    steps: int
-    guidance: float
-
-
 def handle_event(
     event: Any,
     store: Callable[[], FirebaseStore],
@@ -50,8 +40,8 @@ def handle_event(
     *,
     trace_header: str | None = None,
     shutdown: threading.Event | None = None,
-) -> str:
-    """Entry point for one CloudEvent; returns what happened (for logs and tests).
+) -> None:
+    """Entry point for one CloudEvent; what happened goes to the log.
 
     Malformed events are acknowledged (returning normally), because redelivering them cannot
     help; transient failures raise ``TransientError``. Once ``shutdown`` is set no new job
@@ -61,10 +51,10 @@ def handle_event(
         request = parse_event(event, trace_header=trace_header)
     except InvalidEventError as exc:
         log.warning("event rejected: %s", exc.message, extra={"eventId": _event_id(event)})
-        return f"rejected: {exc.message}"
+        return
     if isinstance(request, Ignored):
         log.info("event ignored: %s", request.reason, extra={"eventId": request.event_id})
-        return f"ignored: {request.reason}"
+        return
     trace = (
         f"projects/{settings.project_id}/traces/{request.trace_id}" if request.trace_id else None
     )
@@ -77,7 +67,7 @@ def handle_event(
         if shutdown is not None and shutdown.is_set():
             log.warning("event refused: the instance is shutting down")
             raise ShutdownError("the instance is shutting down; deliver again")
-        return JobRunner(settings, store(), model, shutdown).run(request)
+        JobRunner(settings, store(), model, shutdown).run(request)
 
 
 def _event_id(event: Any) -> str | None:
@@ -102,13 +92,14 @@ class JobRunner:
         self._model = model
         self._shutdown = shutdown or threading.Event()
 
-    def run(self, request: JobRequest) -> str:
+    def run(self, request: JobRequest) -> None:
         # 1. The pipeline must be ready before we take a lease (else: 500, redelivery).
         model = self._model()
         # 2. Claim the session; duplicates, busy sessions and spent retries stop here.
         claim = self._store.claim(request)
         if claim.outcome is not ClaimOutcome.ACQUIRED:
-            return self._not_acquired(request, claim)
+            self._not_acquired(request, claim)
+            return
         log.info("job claimed", extra={"attempt": claim.attempt})
         timings = Timings()
         try:
@@ -117,24 +108,23 @@ class JobRunner:
             # 7a. Cancelled, re-queued or taken over: stop without writing; whoever owns the
             # session now (the app, or the instance holding the lease) decides what happens.
             log.warning("job stopped: %s", exc)
-            return f"stopped: {exc}"
+            return
         except PermanentError as exc:
             # 7b. The user's input is at fault: record it where the user sees it, acknowledge.
             log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
             self._store.fail(claim, exc.message, exc.code)
-            return f"failed: {exc.message}"
+            return
         except Exception as exc:
             # 7c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
             # unless this was the last attempt the budget allows: then record the failure.
             last = claim.attempt >= self._settings.max_attempts
             if last and not isinstance(exc, ShutdownError) and self._give_up(claim, exc):
-                return "failed: attempts exhausted"
+                return
             log.exception("job interrupted by a transient error; it will be retried")
             self._release(claim, exc)
             raise TransientError(f"transient failure: {_describe(exc)}") from exc
         finally:
             self._store.end(claim)
-        return "completed"
 
     def _process(self, claim: Claim, model: Model, timings: Timings) -> None:
         s = self._settings
@@ -182,11 +172,10 @@ class JobRunner:
             extra={"timings": timings.stages, "busySeconds": round(busy, 3)},
         )
 
-    def _not_acquired(self, request: JobRequest, claim: Claim) -> str:
+    def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
         if claim.outcome is ClaimOutcome.MISSING:
             self._store.record_missing(request.session, request)
         log.info("job not started: %s", claim.outcome.value, extra={"claim": claim.outcome.name})
-        return f"skipped: {claim.outcome.value}"
 
     def _give_up(self, claim: Claim, exc: BaseException) -> bool:
         """Marks the job failed after its last allowed attempt; False if that write fails."""
@@ -208,7 +197,7 @@ class JobRunner:
             log.exception("could not release the lease; it will expire on its own")
 
 
-def job_params(document: dict[str, Any], session_id: str, settings: Settings) -> JobParams:
+def job_params(document: dict[str, Any], session_id: str, settings: Settings) -> GenerationParams:
     """Validates the optional ``prompt``, ``seed``, ``steps``, ``guidance`` document fields.
 
     Without a seed the session ID picks one, so a redelivered job paints the same picture.
@@ -242,7 +231,7 @@ def job_params(document: dict[str, Any], session_id: str, settings: Settings) ->
         raise InvalidRequestError("The guidance must be a number from 0 to 100.")
     if not 0.0 <= float(guidance) <= 100.0:
         raise InvalidRequestError("The guidance must be a number from 0 to 100.")
-    return JobParams(prompt=prompt.strip(), seed=seed, steps=steps, guidance=float(guidance))
+    return GenerationParams(prompt=prompt.strip(), seed=seed, steps=steps, guidance=float(guidance))
 
 
 def _describe(exc: BaseException) -> str:

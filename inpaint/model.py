@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,10 @@ from transformers.utils import logging as transformers_logging
 
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
+from inpaint.vocabulary import GenerationParams, ProgressCallback
 from inpaint.weights import missing_files
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
-"""Called after each denoising step with (steps done, total steps)."""
 
 # FLUX's T5 context length; a tokenizer with a shorter model_max_length (the tiny test model)
 # lowers it, because the pipeline pads every prompt to exactly this many tokens.
@@ -71,16 +69,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float32": torch.float32,
 }
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """What varies per job. Bounds are the caller's business (settings); see ``generate``."""
-
-    prompt: str
-    seed: int
-    steps: int
-    guidance: float
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ The cloud function (``inpaint.jobs``) and the local CLI (``python -m inpaint run
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,8 +15,7 @@ from PIL import Image
 
 from inpaint import imaging
 from inpaint.config import Settings
-
-ProgressCallback = Callable[[int, int], None]
+from inpaint.vocabulary import GenerationParams, ProgressCallback
 
 
 class Model(Protocol):
@@ -27,7 +25,7 @@ class Model(Protocol):
         self,
         image: Image.Image,
         mask: Image.Image,
-        params: Any,
+        params: GenerationParams,
         on_step: ProgressCallback | None = None,
     ) -> Image.Image: ...
 
@@ -62,7 +60,7 @@ def repaint(
     photo: bytes,
     mask: bytes,
     model: Model,
-    params: Any,
+    params: GenerationParams,
     settings: Settings,
     *,
     timings: Timings | None = None,

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 from inpaint.config import Settings, get_settings
 from inpaint.errors import ModelFilesMissingError, TransientError
 from inpaint.firebase import FirebaseStore
@@ -33,6 +35,17 @@ log = logging.getLogger(__name__)
 
 LOAD_ATTEMPTS = 3
 LOAD_BACKOFF_SECONDS = 5.0
+
+
+def _log_failed_load(state: tenacity.RetryCallState) -> None:
+    """Each failed load attempt, with its traceback (the last one too)."""
+    error = state.outcome.exception() if state.outcome else None
+    log.error(
+        "model warm-up failed (attempt %d/%d)",
+        state.attempt_number,
+        LOAD_ATTEMPTS,
+        exc_info=error,
+    )
 
 
 class State(enum.StrEnum):
@@ -80,19 +93,21 @@ class Warmup:
 
     def _run(self, generation: int) -> None:
         t0 = time.monotonic()
-        for attempt in range(1, LOAD_ATTEMPTS + 1):
-            try:
-                model = self._loader()
-                break
-            except ModelFilesMissingError as exc:
-                self._fail(generation, str(exc))
-                return
-            except Exception as exc:
-                log.exception("model warm-up failed (attempt %d/%d)", attempt, LOAD_ATTEMPTS)
-                if attempt == LOAD_ATTEMPTS:
-                    self._fail(generation, f"{type(exc).__name__}: {exc}")
-                    return
-                time.sleep(LOAD_BACKOFF_SECONDS * attempt)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_not_exception_type(ModelFilesMissingError),
+            stop=tenacity.stop_after_attempt(LOAD_ATTEMPTS),
+            wait=tenacity.wait_incrementing(LOAD_BACKOFF_SECONDS, LOAD_BACKOFF_SECONDS),
+            after=_log_failed_load,
+            reraise=True,
+        )
+        try:
+            model = retrying(self._loader)
+        except ModelFilesMissingError as exc:
+            self._fail(generation, str(exc))
+            return
+        except Exception as exc:
+            self._fail(generation, f"{type(exc).__name__}: {exc}")
+            return
         with self._lock:
             if generation != self._generation:
                 return

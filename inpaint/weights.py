@@ -15,6 +15,7 @@ lazily: the loader imports this module in a process that must stay offline.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -152,7 +153,9 @@ def resolve_token(token: str | None = None, token_file: Path | None = None) -> s
 def download(dest: Path, quant: str, token: str | None) -> None:
     """Fetches the base files and the GGUF transformer into ``dest`` (the layout above).
 
-    Re-running resumes: huggingface_hub skips files already complete in ``local_dir``.
+    The base files come with one ``snapshot_download`` restricted to exactly the selected files
+    (``allow_patterns``): in parallel, and re-running resumes (files already complete in
+    ``local_dir`` are skipped).
     Raises WeightsDownloadError with the fix for the usual failure (gated repo, no token).
     """
     import huggingface_hub
@@ -167,9 +170,10 @@ def download(dest: Path, quant: str, token: str | None) -> None:
         listing = huggingface_hub.list_repo_files(repo, token=token)
         wanted = select_base_files(listing)
         _check_listing(wanted)
-        for name in wanted:
-            log.info("downloading %s/%s", repo, name)
-            huggingface_hub.hf_hub_download(repo, name, local_dir=base, token=token)
+        log.info("downloading %d files of %s", len(wanted), repo)
+        huggingface_hub.snapshot_download(
+            repo, allow_patterns=[glob.escape(name) for name in wanted], local_dir=base, token=token
+        )
         repo = GGUF_REPO
         log.info("downloading %s/%s", repo, filename)
         fetched = Path(huggingface_hub.hf_hub_download(repo, filename, local_dir=dest, token=token))

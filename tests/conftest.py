@@ -17,9 +17,9 @@ def tiny_model_dir() -> Path:
     Built once into build/ and reused by later sessions (the builder's marker is keyed by its
     version, and a file lock serialises parallel sessions), so only the first run pays ~5 s.
     """
-    from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
+    from inpaint.randmodel import MODEL_VERSION, build_tiny_model
 
-    dest = ROOT / "build" / f"tiny-model-v{TINY_MODEL_VERSION}"
+    dest = ROOT / "build" / f"tiny-model-v{MODEL_VERSION}"
     build_tiny_model(dest, layout="diffusers", quant="Q8_0")
     build_tiny_model(dest, layout="diffusers", quant="Q4_0")
     return dest

@@ -17,7 +17,7 @@ from inpaint.events import (
     parse_event,
     validate_id,
 )
-from tests import eventlib
+from tools import eventlib
 
 
 def parse(headers, body, **kw):

@@ -110,7 +110,7 @@ def test_sigterm_stops_the_job_at_its_next_step():
 def test_no_new_job_starts_once_the_instance_is_shutting_down():
     from cloudevents.http import from_http
 
-    from tests import eventlib
+    from tools import eventlib
 
     shutdown = threading.Event()
     shutdown.set()

@@ -16,8 +16,9 @@ from PIL import Image
 from inpaint import model as model_module
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
-from inpaint.model import GenerationParams, InpaintModel, resolve_device, resolve_dtype
-from inpaint.tiny import TINY_MODEL_VERSION, build_tiny_model
+from inpaint.model import InpaintModel, resolve_device, resolve_dtype
+from inpaint.randmodel import MODEL_VERSION, build_tiny_model
+from inpaint.vocabulary import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -256,7 +257,7 @@ def test_device_and_dtype_selection(monkeypatch):
 
 def test_bfl_layout_gguf_loads_through_the_converter():
     """The published files use BFL key names (width 3072): built once, cached in build/."""
-    dest = ROOT / "build" / f"tiny-model-bfl-v{TINY_MODEL_VERSION}"
+    dest = ROOT / "build" / f"tiny-model-bfl-v{MODEL_VERSION}"
     build_tiny_model(dest, layout="bfl", quant="Q4_0")
     model = InpaintModel.load(settings(dest, quant="Q4_0"))
     transformer = model.pipe.transformer

@@ -17,7 +17,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from inpaint.config import Settings
-from inpaint.model import GenerationParams, InpaintModel, check_attention_backend
+from inpaint.model import InpaintModel, check_attention_backend
+from inpaint.vocabulary import GenerationParams
 
 
 def settings(model_dir, **overrides) -> Settings:

@@ -6,7 +6,6 @@ No timing is asserted anywhere: the figures are for reading, not for failing a b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -18,19 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import perf_measure, perf_variants
+from inpaint import randmodel
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "perf_bench.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("perf_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["perf_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pb = _load_bench()
 
 VARIANTS = ["baseline", "ours-cache", "ours-cache+dequant", "ours", "ours-l4"]
 POSITIVE = [
@@ -177,29 +168,31 @@ def test_tiny_run_prints_the_table(report):
 
 
 def test_variant_names_map_to_settings():
-    assert pb.variant_settings("baseline")["prompt_cache_size"] == 0
-    ours = pb.variant_settings("ours")
+    assert perf_variants.variant_settings("baseline")["prompt_cache_size"] == 0
+    ours = perf_variants.variant_settings("ours")
     assert ours["dequantize"] and ours["compile"] and ours["prompt_cache_size"] > 0
-    l4 = pb.variant_settings("ours-l4")
+    l4 = perf_variants.variant_settings("ours-l4")
     assert l4["offload_text_encoders"] and l4["compile"] and not l4["dequantize"]
-    custom = pb.variant_settings("ours-cache+attn-_native_cudnn+stepcache-0.08+Q8_0")
+    custom = perf_variants.variant_settings("ours-cache+attn-_native_cudnn+stepcache-0.08+Q8_0")
     assert custom["attention_backend"] == "_native_cudnn"
     assert custom["step_cache_threshold"] == 0.08 and custom["quant"] == "Q8_0"
     for bad in ("fast", "ours-turbo", "ours-stepcache-x"):
         with pytest.raises(ValueError):
-            pb.variant_settings(bad)
-    env = pb.env_form({"quant": "Q4_0", **pb.variant_settings("ours")})
+            perf_variants.variant_settings(bad)
+    env = perf_variants.env_form({"quant": "Q4_0", **perf_variants.variant_settings("ours")})
     assert "INPAINT_DEQUANTIZE=true" in env and "INPAINT_COMPILE=true" in env
 
 
 def test_flop_model_matches_the_published_compute_bound():
-    flops = pb.transformer_flops(pb.FULL_TRANSFORMER_CONFIG, pb.image_tokens_for(1024, 1024), 512)
+    flops = perf_variants.transformer_flops(
+        randmodel.FULL_TRANSFORMER_CONFIG, perf_variants.image_tokens_for(1024, 1024), 512
+    )
     assert flops == pytest.approx(74e12, rel=0.01)
-    assert pb.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989
-    assert pb.peak_tflops_for("NVIDIA H100 PCIe") == 756
-    assert pb.peak_tflops_for("NVIDIA L4") == 121
-    assert pb.peak_tflops_for("NVIDIA H200") == 989
-    assert pb.peak_tflops_for("Some CPU") is None
+    assert perf_variants.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989
+    assert perf_variants.peak_tflops_for("NVIDIA H100 PCIe") == 756
+    assert perf_variants.peak_tflops_for("NVIDIA L4") == 121
+    assert perf_variants.peak_tflops_for("NVIDIA H200") == 989
+    assert perf_variants.peak_tflops_for("Some CPU") is None
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
@@ -210,24 +203,32 @@ def test_torch_quantizers_give_gguf_py_bytes(qtype):
     x[1, :32] = 0.5  # ties in magnitude, both signs
     x[1, 7] = -0.5
     x[2] = np.repeat(np.arange(-4, 4, dtype=np.float32) * 127 / 64, 32)  # rounding halves
-    quantize = {"Q8_0": pb.quantize_q8_0, "Q4_0": pb.quantize_q4_0}[qtype]
+    quantize = {"Q8_0": randmodel.quantize_q8_0, "Q4_0": randmodel.quantize_q4_0}[qtype]
     expected = gguf.quants.quantize(x, gguf.GGMLQuantizationType[qtype])
     assert np.array_equal(quantize(torch.from_numpy(x)).numpy(), expected)
 
 
-NARROW = pb.ModelSpec(
+NARROW = randmodel.ModelSpec(
     "narrow-test",
+    "diffusers",
     {
-        **pb.FULL_TRANSFORMER_CONFIG,
+        **randmodel.FULL_TRANSFORMER_CONFIG,
         "num_layers": 1,
         "num_single_layers": 1,
         "num_attention_heads": 2,
         "joint_attention_dim": 64,
         "pooled_projection_dim": 32,
     },
-    {**pb.T5_XXL_CONFIG, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 1, "num_heads": 4},
     {
-        **pb.CLIP_L_CONFIG,
+        **randmodel.T5_XXL_CONFIG,
+        "d_model": 64,
+        "d_kv": 16,
+        "d_ff": 128,
+        "num_layers": 1,
+        "num_heads": 4,
+    },
+    {
+        **randmodel.CLIP_L_CONFIG,
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 1,
@@ -235,7 +236,7 @@ NARROW = pb.ModelSpec(
         "projection_dim": 32,
     },
     {
-        **pb.FLUX_VAE_CONFIG,
+        **randmodel.FLUX_VAE_CONFIG,
         "block_out_channels": [16, 16, 32, 32],
         "layers_per_block": 1,
         "norm_num_groups": 8,
@@ -245,9 +246,9 @@ NARROW = pb.ModelSpec(
 
 
 def test_random_gguf_in_bfl_layout_has_the_published_names_and_types(tmp_path):
-    specs = pb.tiny.tensor_specs(NARROW.transformer, "bfl")
+    specs = randmodel.tensor_specs(NARROW.transformer, "bfl")
     path = tmp_path / "bfl.gguf"
-    pb.write_random_gguf(path, specs, quant="Q4_0", layout="bfl", device="cpu", seed=0)
+    randmodel.write_random_gguf(path, specs, quant="Q4_0", layout="bfl", device="cpu", seed=0)
     reader = gguf.GGUFReader(path)
     tensors = {t.name: t for t in reader.tensors}
     assert set(tensors) == set(specs)
@@ -267,20 +268,21 @@ def test_random_gguf_in_bfl_layout_has_the_published_names_and_types(tmp_path):
 
 def test_build_model_writes_a_weights_dir_the_production_loader_runs(tmp_path):
     from inpaint.config import Settings
-    from inpaint.model import GenerationParams, InpaintModel
+    from inpaint.model import InpaintModel
+    from inpaint.vocabulary import GenerationParams
 
-    dest = pb.build_model(tmp_path / "m", NARROW, quant="Q8_0", device="cpu", layout="diffusers")
-    marker = json.loads((dest / pb.BUILD_MARKER).read_text())
+    dest = randmodel.build_model(tmp_path / "m", NARROW, quant="Q8_0", device="cpu")
+    marker = json.loads((dest / randmodel.MARKER_NAME).read_text())
     assert marker["quants"] == ["Q8_0"] and marker["layout"] == "diffusers"
     mtime = (dest / "flux1-fill-dev-Q8_0.gguf").stat().st_mtime_ns
-    pb.build_model(dest, NARROW, quant="Q8_0", device="cpu", layout="diffusers")  # cached
+    randmodel.build_model(dest, NARROW, quant="Q8_0", device="cpu")  # cached
     assert (dest / "flux1-fill-dev-Q8_0.gguf").stat().st_mtime_ns == mtime
     model = InpaintModel.load(Settings(model_dir=dest, quant="Q8_0", device="cpu"))
     assert model.max_sequence_length == 512  # FLUX's T5 length, not the tiny model's 32
     assert model.pipe.text_encoder_2.config.d_model == 64
-    image, mask = pb.job_inputs(32)
+    image, mask = perf_measure.job_inputs(32)
     out = model.generate(image, mask, GenerationParams("a cat", 1, 1, 30.0))
     assert out.size == (32, 32)
     (tmp_path / "foreign" / "base").mkdir(parents=True)
     with pytest.raises(FileExistsError):
-        pb.build_model(tmp_path / "foreign", NARROW, quant="Q8_0", device="cpu")
+        randmodel.build_model(tmp_path / "foreign", NARROW, quant="Q8_0", device="cpu")

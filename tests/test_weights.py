@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -113,8 +114,9 @@ def test_token_sources(tmp_path, monkeypatch):
 
 
 class FakeHub:
-    """Stands in for the two huggingface_hub calls: serves REAL_REPO_FILES and writes each
-    requested file under local_dir (tiny contents, a consistent T5 index)."""
+    """Stands in for the huggingface_hub calls: serves REAL_REPO_FILES and writes each
+    requested file under local_dir (tiny contents, a consistent T5 index); a snapshot download
+    fetches the listed files its allow_patterns match, as huggingface_hub does."""
 
     def __init__(self, gguf_elsewhere: Path | None = None):
         self.calls: list[tuple[str, str, str | None]] = []
@@ -125,6 +127,13 @@ class FakeHub:
         self.listed.append((repo_id, token))
         assert repo_id == weights.BASE_REPO
         return list(REAL_REPO_FILES)
+
+    def snapshot_download(self, repo_id, *, allow_patterns=None, local_dir=None, token=None, **_):
+        assert repo_id == weights.BASE_REPO and allow_patterns
+        for name in sorted(REAL_REPO_FILES):
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                self.hf_hub_download(repo_id, name, local_dir=local_dir, token=token)
+        return str(local_dir)
 
     def hf_hub_download(self, repo_id, filename, *, local_dir=None, token=None, **_):
         self.calls.append((repo_id, filename, token))
@@ -145,6 +154,7 @@ def test_download_writes_the_layout_the_loader_reads(tmp_path, monkeypatch):
     hub = FakeHub()
     monkeypatch.setattr(huggingface_hub, "list_repo_files", hub.list_repo_files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
     dest = tmp_path / "weights"
     weights.download(dest, "Q4_0", "hf_secret")
 
@@ -165,6 +175,7 @@ def test_download_moves_a_gguf_fetched_elsewhere_into_place(tmp_path, monkeypatc
     hub = FakeHub(gguf_elsewhere=cache)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", hub.list_repo_files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
     weights.download(tmp_path / "w", "Q8_0", None)
     assert (tmp_path / "w" / "flux1-fill-dev-Q8_0.gguf").read_bytes() == b"x"
     assert all(token is None for _, _, token in hub.calls)

@@ -25,13 +25,12 @@ from pathlib import Path
 from firebase_admin import firestore, storage
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from inpaint.config import Settings
+from inpaint.randmodel import build_tiny_model
+from tools.server import ServerProcess
+from tools.stack import LocalStack
 
-from inpaint.config import Settings  # noqa: E402
-from inpaint.tiny import build_tiny_model  # noqa: E402
-from tests.server import ServerProcess  # noqa: E402
-from tools.stack import LocalStack  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOPIC = "session-processing"
 

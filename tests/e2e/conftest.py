@@ -14,7 +14,7 @@ import pytest
 from firebase_admin import firestore, storage
 from PIL import Image, ImageDraw
 
-from tests.server import FAST_SETTINGS, ServerProcess
+from tools.server import FAST_SETTINGS, ServerProcess
 from tools.stack import LocalStack
 
 

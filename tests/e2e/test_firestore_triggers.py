@@ -34,8 +34,8 @@ from google.cloud import firestore
 from google.events.cloud.firestore import DocumentEventData
 
 from tests.e2e.conftest import ellipse_mask, photo_jpeg, wait_for
-from tests.server import claims_by_session, log_records
-from tools.stack import HOST, find_firestore_jar, free_port
+from tools.server import claims_by_session, log_records
+from tools.stack.servers import HOST, find_firestore_jar, free_port
 
 MODES = ("proto", "json", "legacy")
 PATTERN = "users/fs-{mode}/sessions/{{sessionId}}"

@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests import eventlib
 from tests.e2e.conftest import ellipse_mask, inference_count, pixels
+from tools import eventlib
 
 SIZE = (1200, 800)
 

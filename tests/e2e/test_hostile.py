@@ -29,7 +29,6 @@ import pytest
 import requests
 from PIL import Image, ImageDraw, ImageOps
 
-from tests import eventlib
 from tests.e2e.conftest import (
     blob_versions,
     bucket_state,
@@ -38,7 +37,8 @@ from tests.e2e.conftest import (
     photo_jpeg,
     pixels,
 )
-from tests.server import log_records
+from tools import eventlib
+from tools.server import log_records
 
 SIZE = (720, 480)
 OUTPUTS = {"edited.jpg", "preview.jpg"}

@@ -17,9 +17,9 @@ import uuid
 
 import torch
 
-from tests import eventlib
 from tests.e2e.conftest import blob_versions, inference_count, wait_for
-from tests.server import claims_by_session, log_records
+from tools import eventlib
+from tools.server import claims_by_session, log_records
 
 INPUTS = {"original.jpg", "mask_auto.png"}
 ALL_FILES = INPUTS | {"edited.jpg", "preview.jpg"}

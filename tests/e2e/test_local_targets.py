@@ -7,8 +7,8 @@ import time
 
 import requests
 
-from tests import eventlib
-from tests.server import BIN, ServerProcess
+from tools import eventlib
+from tools.server import BIN, ServerProcess
 
 
 def start_target(server_env, tmp_path, target: str) -> ServerProcess:

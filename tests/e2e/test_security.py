@@ -23,7 +23,6 @@ import requests
 from PIL import Image
 
 from inpaint.events import SESSION_FILES, InvalidEventError, SessionRef, validate_id
-from tests import eventlib
 from tests.e2e.conftest import (
     blob_versions,
     bucket_state,
@@ -32,7 +31,8 @@ from tests.e2e.conftest import (
     inference_count,
     photo_jpeg,
 )
-from tests.server import claims_by_session, log_records
+from tools import eventlib
+from tools.server import claims_by_session, log_records
 
 NASTY_IDS = [
     "../x",

@@ -11,7 +11,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from tools.stack import _H2_PREFACE, LocalStack, _H2Frames
+from tools.stack import LocalStack
+from tools.stack.proxy import _H2_PREFACE, _H2Frames
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,8 @@ class ServerProcess:
             try:
                 if requests.get(self.url + "/ready", timeout=5).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or too busy loading to answer: ask again
+            except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
+                pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
 

@@ -1,4 +1,4 @@
-"""The tiny model builder: layout on disk, real GGUF quantization, and the BFL key mapping."""
+"""The random model builder (tiny specs): layout on disk, real GGUF quantization, BFL keys."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 from diffusers.models.model_loading_utils import load_gguf_checkpoint
 from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
 
-from inpaint import tiny
+from inpaint import randmodel
 from inpaint.weights import missing_files
 
 Q = gguf.GGMLQuantizationType
 
 
 def meta_state(layout):
-    config = {k: v for k, v in tiny.transformer_config(layout).items() if not k.startswith("_")}
+    config = {
+        k: v for k, v in randmodel.transformer_config(layout).items() if not k.startswith("_")
+    }
     with torch.device("meta"):
         return FluxTransformer2DModel(**config).state_dict()
 
@@ -41,7 +43,7 @@ def test_tiny_dir_has_the_weights_layout(tiny_model_dir):
     scheduler = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "FlowMatchEulerDiscreteScheduler"
     assert scheduler["shift"] == 3.0 and scheduler["use_dynamic_shifting"] is True
-    marker = json.loads((tiny_model_dir / tiny.MARKER_NAME).read_text())
+    marker = json.loads((tiny_model_dir / randmodel.MARKER_NAME).read_text())
     assert marker["quants"] == ["Q4_0", "Q8_0"] and marker["layout"] == "diffusers"
 
 
@@ -82,7 +84,7 @@ def test_write_gguf_round_trips_through_diffusers_reader(tmp_path):
         "b.weight": torch.randn(8, 40),
     }
     path = tmp_path / "x.gguf"
-    tiny.write_gguf(path, state, quant="Q8_0", layout="diffusers")
+    randmodel.write_gguf(path, state, quant="Q8_0", layout="diffusers")
     loaded = load_gguf_checkpoint(str(path))
     assert isinstance(loaded["a.weight"], GGUFParameter) and loaded["a.weight"].quant_type == Q.Q8_0
     assert loaded["a.weight"].quant_shape == (64, 96)
@@ -108,7 +110,7 @@ def test_bfl_names_round_trip_through_diffusers_converter():
         values = torch.arange(offset, offset + rows, dtype=torch.float64)
         fake[name] = values if meta.ndim == 1 else values[:, None]
         offset += rows
-    bfl = tiny.diffusers_to_bfl(fake)
+    bfl = randmodel.diffusers_to_bfl(fake)
     assert "double_blocks.0.img_attn.qkv.weight" in bfl
     assert bfl["single_blocks.0.linear1.weight"].shape[0] == 3 * 3072 + 4 * 3072
     assert not any(k.startswith(("transformer_blocks.", "x_embedder")) for k in bfl)
@@ -119,7 +121,7 @@ def test_bfl_names_round_trip_through_diffusers_converter():
 
 
 def test_bfl_specs_match_the_real_files_key_names():
-    specs = tiny.tensor_specs(tiny.transformer_config("bfl"), "bfl")
+    specs = randmodel.tensor_specs(randmodel.transformer_config("bfl"), "bfl")
     assert specs["img_in.weight"] == (3072, 384)
     assert specs["txt_in.weight"] == (3072, 32)
     assert specs["double_blocks.0.img_attn.qkv.weight"] == (3 * 3072, 3072)
@@ -131,26 +133,26 @@ def test_bfl_specs_match_the_real_files_key_names():
 
 
 def test_rebuild_is_cached_and_adding_a_quant_keeps_the_base(tmp_path):
-    dest = tiny.build_tiny_model(tmp_path / "m", quant="Q8_0", seed=3)
+    dest = randmodel.build_tiny_model(tmp_path / "m", quant="Q8_0", seed=3)
     base_config = dest / "base" / "vae" / "config.json"
     q8 = dest / "flux1-fill-dev-Q8_0.gguf"
     stamps = (base_config.stat().st_mtime_ns, q8.stat().st_mtime_ns)
-    assert tiny.build_tiny_model(dest, quant="Q8_0", seed=3) == dest
+    assert randmodel.build_tiny_model(dest, quant="Q8_0", seed=3) == dest
     assert (base_config.stat().st_mtime_ns, q8.stat().st_mtime_ns) == stamps
 
-    tiny.build_tiny_model(dest, quant="Q4_0", seed=3)
+    randmodel.build_tiny_model(dest, quant="Q4_0", seed=3)
     assert (base_config.stat().st_mtime_ns, q8.stat().st_mtime_ns) == stamps
     assert (dest / "flux1-fill-dev-Q4_0.gguf").is_file()
-    assert not list(dest.glob(".tiny-build-*"))  # staging cleaned up
+    assert not list(dest.glob(".build-*"))  # staging cleaned up
 
     q8.unlink()  # e.g. an interrupted copy: only the missing file is rebuilt
-    tiny.build_tiny_model(dest, quant="Q8_0", seed=3)
+    randmodel.build_tiny_model(dest, quant="Q8_0", seed=3)
     assert q8.is_file() and base_config.stat().st_mtime_ns == stamps[0]
 
     # Another seed is another model: everything is rebuilt, stale GGUF files go.
-    tiny.build_tiny_model(dest, quant="Q4_0", seed=4)
+    randmodel.build_tiny_model(dest, quant="Q4_0", seed=4)
     assert not q8.exists()
-    marker = json.loads((dest / tiny.MARKER_NAME).read_text())
+    marker = json.loads((dest / randmodel.MARKER_NAME).read_text())
     assert (marker["seed"], marker["quants"]) == (4, ["Q4_0"])
 
 
@@ -158,10 +160,10 @@ def test_refuses_to_overwrite_a_base_it_did_not_write(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "model_index.json").write_text("{}")
     with pytest.raises(FileExistsError, match="real weights"):
-        tiny.build_tiny_model(tmp_path)
+        randmodel.build_tiny_model(tmp_path)
     assert (tmp_path / "base" / "model_index.json").read_text() == "{}"
 
 
 def test_rejects_quants_gguf_py_cannot_write(tmp_path):
     with pytest.raises(ValueError, match="Q8_0 and Q4_0"):
-        tiny.build_tiny_model(tmp_path, quant="Q4_K_S")  # type: ignore[arg-type]
+        randmodel.build_tiny_model(tmp_path, quant="Q4_K_S")  # type: ignore[arg-type]

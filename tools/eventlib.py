@@ -1,4 +1,4 @@
-"""Builds HTTP deliveries from the golden sample events in tests/data, with chosen IDs."""
+"""Builds HTTP deliveries from the golden sample events in tools/golden, with chosen IDs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from google.events.cloud.firestore import DocumentEventData
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "golden"
 
 
 def golden(name: str) -> Any:

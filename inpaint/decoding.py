@@ -1,0 +1,392 @@
+"""Untrusted bytes to a known shape: an RGB photo in its displayed orientation and a binary
+``L`` mask of exactly the photo's size.
+
+Every way the bytes can be unusable becomes an :class:`~inpaint.errors.InvalidImageError` (or a
+:class:`~inpaint.errors.MaskMismatchError`) whose message names the input and the problem,
+because that message is shown to the user as is. Limits are checked from the header, before
+decoding. Pure PIL + numpy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import (
+    BmpImagePlugin,  # noqa: F401  (imported to register the decoders ALLOWED_FORMATS names)
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageCms,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+    features,
+)
+
+from inpaint.errors import InvalidImageError, MaskMismatchError
+
+if TYPE_CHECKING:
+    from inpaint.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Formats we decode. An allow-list rather than everything PIL knows: exotic decoders (EPS runs
+#: Ghostscript, PSD, ICO, ...) are attack surface that no pet photo needs. Phones' multi-picture
+#: JPEGs (MPO) open through the JPEG decoder. The plugins are imported above because PIL loads
+#: most of them lazily and ``Image.open(formats=...)`` needs them registered; AVIF only where
+#: this PIL build has it.
+if features.check("avif"):
+    from PIL import AvifImagePlugin  # noqa: F401
+ALLOWED_FORMATS: tuple[str, ...] = tuple(
+    f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN
+)
+#: Smallest accepted side (photo and mask). Below this there is nothing to inpaint sensibly, and
+#: the working size could not keep both sides at a multiple of 16.
+MIN_SIDE = 16
+#: Largest accepted aspect ratio (long side / short side) of the photo. Up to 16:1 (wide phone
+#: panoramas) the pipeline works: small masks are cropped to a near-square region, and even a
+#: full-width mask gives a 1 MP working size with a short side of about 250 px. Beyond that the
+#: model would see a strip a few latent rows high, so we refuse with a clear message instead.
+MAX_ASPECT = 16.0
+#: Baseline JPEG cannot store a side longer than this, and edited.jpg keeps the original size.
+MAX_JPEG_SIDE = 65_500
+#: Colour that transparent photo pixels are composited on (see ``decode_photo``).
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Leading bytes of the allowed formats, only to word the message for a file cut inside its header.
+_MAGIC: tuple[tuple[str, bytes], ...] = (
+    ("JPEG", b"\xff\xd8\xff"),
+    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("GIF", b"GIF8"),
+    ("WEBP", b"RIFF"),
+    ("TIFF", b"II*\x00"),
+    ("TIFF", b"MM\x00*"),
+    ("BMP", b"BM"),
+)
+# point() lookup tables: binarise at 50 %, and "any coverage".
+_BINARISE_LUT = [0] * 128 + [255] * 128
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Input limits: a byte size and a pixel count (checked from the header, before decoding)."""
+
+    max_bytes: int
+    max_pixels: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ImageLimits:
+        """The limits configured by ``INPAINT_MAX_INPUT_BYTES`` / ``INPAINT_MAX_INPUT_PIXELS``."""
+        return cls(max_bytes=s.max_input_bytes, max_pixels=s.max_input_pixels)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Decodes the photo into RGB, in its displayed orientation.
+
+    - Format is sniffed from the bytes (a PNG named ``.jpg`` is fine); see ``ALLOWED_FORMATS``.
+    - Limits: byte size first, then pixel count, minimum side, aspect ratio (``MAX_ASPECT``) from
+      the header *before* any pixel is decoded, so decompression bombs cost nothing. PIL's own
+      bomb check (``Image.MAX_IMAGE_PIXELS``) may fire first for giant headers; it is reported
+      the same way. The effective limit is therefore the smaller of the two.
+    - The pixels are loaded inside the ``try``, so truncated files are errors, not grey bands.
+    - EXIF orientation is applied (``ImageOps.exif_transpose``); a broken EXIF block is ignored
+      rather than failing the job.
+    - Colour: any mode becomes RGB. Transparent pixels are composited on white (a cut-out PNG
+      would otherwise show whatever colour hides under alpha 0, often black); 16-bit and
+      32-bit/float greyscale are scaled to 8 bits (see ``_high_depth_to_l``), never clipped;
+      CMYK goes through its embedded ICC profile when there is one.
+    - The result's ``info`` holds only ``icc_profile`` (when it is an RGB profile), so outputs
+      keep the photo's colour space (e.g. Display P3) but carry no EXIF (no GPS, no stale
+      orientation tag).
+    """
+    im = _open(data, limits, "photo")
+    icc = im.info.get("icc_profile")
+    rgb = _to_rgb(im, icc)
+    keep = icc is not None and im.mode != "CMYK" and _is_rgb_profile(icc)
+    rgb.info = {"icc_profile": icc} if keep else {}
+    return rgb
+
+
+def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Image.Image:
+    """Decodes the mask into an ``L`` image of values 0/255 and exactly ``size``.
+
+    White (255) means "repaint". The rule for which channel is the mask:
+
+    - If the image has an alpha channel (RGBA, LA, PA, or a palette/tRNS transparency) and that
+      alpha is not uniformly opaque, the alpha channel is the mask: painted strokes on a
+      transparent canvas are what to repaint, whatever their colour.
+    - Otherwise the luminance is the mask (white on black).
+
+    16-bit, 32-bit and float masks are scaled to 8 bits like photos. The result is binarised at
+    50 % (>= 128 -> 255).
+
+    ``size`` is the photo's *displayed* size (after its EXIF rotation), and the mask is expected
+    in that orientation (its own EXIF orientation, if any, is applied too). A mask of another
+    size but the same aspect ratio (within 1 %, or 1 px of rounding) is resized (bilinear, then
+    re-binarised); any other aspect ratio is a :class:`MaskMismatchError` naming both sizes.
+    """
+    im = _open(data, limits, "mask")
+    gray = _mask_gray(im)
+    if gray.size != size:
+        _check_mask_aspect(gray.size, size)
+        gray = gray.resize(size, Image.Resampling.BILINEAR)
+    return gray.point(_BINARISE_LUT)
+
+
+def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
+    """Opens, checks and fully loads one input, and applies its EXIF orientation."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
+    if len(data) == 0:
+        raise InvalidImageError(f"The {what} is empty (0 bytes).")
+    if len(data) > limits.max_bytes:
+        raise InvalidImageError(
+            f"The {what} is {_format_bytes(len(data))}, above the limit of "
+            f"{_format_bytes(limits.max_bytes)}."
+        )
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise InvalidImageError(_bomb_message(what, e, limits)) from e
+    except UnidentifiedImageError as e:
+        raise InvalidImageError(f"The {what} could not be read: {_sniff(data)}.") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # PIL raises many types on malformed headers
+        raise _unreadable(what, e, data) from e
+
+    _check_dimensions(im.size, limits, what)
+    try:
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise InvalidImageError(_bomb_message(what, e, limits)) from e
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise _unreadable(what, e, data) from e
+
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception as e:  # a corrupt EXIF block must not cost the user their edit
+        log.warning("ignoring unreadable EXIF orientation of the %s: %s", what, e)
+    return im
+
+
+def _check_dimensions(size: tuple[int, int], limits: ImageLimits, what: str) -> None:
+    """Header-level checks, before any pixel is decoded."""
+    w, h = size
+    if w * h > limits.max_pixels:
+        raise InvalidImageError(
+            f"The {what} is {w}x{h} = {_format_mp(w * h)}, above the limit of "
+            f"{_format_mp(limits.max_pixels)}."
+        )
+    if min(w, h) < MIN_SIDE:
+        raise InvalidImageError(
+            f"The {what} is {w}x{h} pixels; at least {MIN_SIDE} pixels on each side are needed."
+        )
+    if what == "photo" and max(w, h) > MAX_ASPECT * min(w, h):
+        raise InvalidImageError(
+            f"The photo is {w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
+            f"at most {MAX_ASPECT:.0f}:1 is supported."
+        )
+    if max(w, h) > MAX_JPEG_SIDE:
+        raise InvalidImageError(
+            f"The {what} is {w}x{h} pixels; sides longer than {MAX_JPEG_SIDE} pixels are not "
+            "supported."
+        )
+
+
+def _bomb_message(what: str, e: Exception, limits: ImageLimits) -> str:
+    """PIL's own bomb error only knows the pixel count; report it in our terms."""
+    match = re.search(r"\((\d+) pixels\)", str(e))
+    size = _format_mp(int(match.group(1))) if match else "too many pixels"
+    return f"The {what} is {size}, above the limit of {_format_mp(limits.max_pixels)}."
+
+
+def _sniff(data: bytes) -> str:
+    """Why bytes that no allowed decoder accepts are not an image, as specifically as we can."""
+    head = bytes(data[:64])
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped[:1] == b"<":
+        return "it is an HTML or XML document (maybe an error page), not an image"
+    if head.startswith(b"%PDF"):
+        return "it is a PDF document, not an image"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12].decode("ascii", "replace")
+        if brand in {"heic", "heix", "hevc", "heim", "heis", "mif1", "msf1"}:
+            return "HEIC/HEIF photos are not supported; please upload a JPEG or PNG"
+        if brand in {"avif", "avis"}:
+            return "AVIF images are not supported; please upload a JPEG or PNG"
+        return "it is a video or another ISO media file, not an image"
+    for fmt, magic in _MAGIC:
+        if head.startswith(magic) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
+            return f"the file starts like a {fmt} image but is truncated or corrupt"
+    return f"it is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})"
+
+
+def _unreadable(what: str, e: Exception, data: bytes) -> InvalidImageError:
+    """The error for bytes that a decoder rejected."""
+    return InvalidImageError(f"The {what} could not be read: {_describe_failure(e, data)}.")
+
+
+def _describe_failure(e: Exception, data: bytes) -> str:
+    """Turns a decoder exception into the user-facing reason.
+
+    libwebp reports a cut file only as "could not create decoder object", so for WebP the RIFF
+    container's declared length is compared with the bytes we have.
+    """
+    text = str(e).lower()
+    riff_cut = data[:4] == b"RIFF" and 8 + int.from_bytes(bytes(data[4:8]), "little") > len(data)
+    if isinstance(e, EOFError) or "truncat" in text or "premature end" in text or riff_cut:
+        return "the file is truncated (it may not have been uploaded completely)"
+    return "the image data is corrupt"
+
+
+def _format_mp(pixels: int) -> str:
+    """400 MP, 50 MP, 1.5 MP, 0.04 MP: three significant digits, no exponent."""
+    mp = pixels / 1e6
+    return f"{mp:.0f} MP" if mp >= 100 else f"{mp:.3g} MP"
+
+
+def _format_bytes(n: int) -> str:
+    """Human-readable byte size (binary units, as the limit's default is 40 MiB)."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.3g} KB"
+    return f"{n / (1024 * 1024):.3g} MB"
+
+
+# --------------------------------------------------------------------------------------------
+# Colour modes
+# --------------------------------------------------------------------------------------------
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    """Alpha channel, or a palette/colour-key transparency that PIL expands to alpha."""
+    return im.mode in _ALPHA_MODES or "transparency" in im.info
+
+
+def _to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """Any decoded mode to RGB (returns ``im`` itself when it is RGB already)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_l(im).convert("RGB")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im, icc)
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, TRANSPARENT_BACKGROUND)
+        out.paste(rgba.convert("RGB"), (0, 0), rgba.getchannel("A"))
+        return out
+    try:
+        return im.convert("RGB")
+    except ValueError as e:  # e.g. LAB, which PIL cannot convert without a profile
+        raise InvalidImageError(
+            f"The photo uses the colour mode {mode}, which is not supported."
+        ) from e
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """CMYK through its ICC profile to sRGB when it has one; PIL's naive formula otherwise."""
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError) as e:
+            log.warning("ignoring unusable CMYK ICC profile: %s", e)
+    return im.convert("RGB")
+
+
+def _is_rgb_profile(icc: bytes) -> bool:
+    """Only an RGB profile can be embedded in our RGB outputs."""
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
+    except (ImageCms.PyCMSError, OSError, ValueError, AttributeError):
+        return False
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale to 8-bit ``L``, scaled rather than clipped.
+
+    ``I;16*`` modes say their range: 0..65535 maps to 0..255 (rounded). ``I`` (32-bit) and ``F``
+    do not, so the data decides: float values within 0..1 are unit floats, values within 0..255
+    are 8-bit, within 0..65535 16-bit, and anything else (negative, larger) is stretched from its
+    minimum to its maximum. NaN counts as 0.
+    """
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        out = (a.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(out.astype(np.uint8), "L")
+    f = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        f = f * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        f = f * (255.0 / 65535.0)
+    elif hi > lo:
+        f = (f - lo) * (255.0 / (hi - lo))
+    else:
+        f = np.zeros_like(f)
+    return Image.fromarray(np.clip(np.rint(f), 0, 255).astype(np.uint8), "L")
+
+
+def _mask_gray(im: Image.Image) -> Image.Image:
+    """The 8-bit ``L`` mask of any mode, per the alpha-or-luminance rule of ``decode_mask``."""
+    mode = im.mode
+    if mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_l(im)
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        lowest, _ = alpha.getextrema()
+        if lowest < 255:
+            return alpha
+        return rgba.convert("RGB").convert("L")
+    if mode == "L":
+        return im
+    if mode in ("1", "RGB", "P"):
+        return im.convert("L")
+    return im.convert("RGB").convert("L")
+
+
+def _check_mask_aspect(mask_size: tuple[int, int], photo_size: tuple[int, int]) -> None:
+    """Same aspect ratio within 1 %, or within 1 px of rounding either way; else an error."""
+    mw, mh = mask_size
+    pw, ph = photo_size
+    relative = abs(mw * ph - pw * mh) / (pw * mh)
+    rounding = abs(mh - ph * mw / pw) <= 1.0 or abs(mw - pw * mh / ph) <= 1.0
+    if relative <= 0.01 or rounding:
+        return
+    hint = ""
+    swapped_rel = abs(mw * pw - ph * mh) / (ph * mh)
+    if swapped_rel <= 0.01:
+        hint = (
+            " The mask seems to follow the photo's stored orientation: draw it on the photo as"
+            " displayed (EXIF rotation applied)."
+        )
+    raise MaskMismatchError(
+        f"The mask is {mw}x{mh} pixels but the photo is {pw}x{ph} pixels (as displayed); "
+        f"their aspect ratios differ ({mw / mh:.3f} vs {pw / ph:.3f}).{hint}"
+    )

@@ -1,0 +1,43 @@
+"""The model warm-up's retries (tenacity): which failures are retried, how often, what is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from inpaint import service
+from inpaint.errors import ModelFilesMissingError
+
+
+def loader_failing(times: int, error: Exception):
+    calls: list[int] = []
+
+    def load():
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return "model"
+
+    return load, calls
+
+
+@pytest.mark.parametrize(
+    ("failures", "error", "state", "calls", "message"),
+    [
+        (0, RuntimeError("boom"), service.State.READY, 1, None),
+        (2, RuntimeError("boom"), service.State.READY, 3, None),
+        (3, RuntimeError("boom"), service.State.FAILED, 3, "RuntimeError: boom"),
+        (1, ModelFilesMissingError("run the weights command"), service.State.FAILED, 1, None),
+    ],
+    ids=["first try", "third try", "attempts spent", "missing files: no retry"],
+)
+def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state, calls, message):
+    monkeypatch.setattr(service, "LOAD_BACKOFF_SECONDS", 0.0)
+    load, made = loader_failing(failures, error)
+    warmup = service.Warmup(load)
+    warmup._run(warmup._generation)
+    assert warmup.state is state
+    assert len(made) == calls
+    if state is service.State.READY:
+        assert warmup.model == "model" and warmup.error is None
+    else:
+        assert warmup.error == (message or str(error))
