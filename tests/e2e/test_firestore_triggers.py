@@ -167,7 +167,7 @@ def _register(base: str, project: str, mode: str) -> None:
                     "service": "firestore.googleapis.com",
                 }
             },
-            timeout=10,
+            timeout=120,
         )
     else:
         response = requests.post(
@@ -179,7 +179,7 @@ def _register(base: str, project: str, mode: str) -> None:
                 "namespace": "(default)",
                 "document": {"value": pattern, "matchType": "PATH_PATTERN"},
             },
-            timeout=10,
+            timeout=120,
         )
     assert response.status_code == 200, response.text
 
