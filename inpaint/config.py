@@ -51,6 +51,20 @@ class Settings(BaseSettings):
     )
     warmup_steps: int = Field(2, ge=1, le=50)
     prompt_cache_size: int = Field(32, ge=0, le=4096)
+    prompt_embeddings: bool = Field(
+        True,
+        description="Use the prompt embeddings precomputed in the weights directory (then the "
+        "service is ready without CLIP and T5, which load on the first other prompt).",
+    )
+    extra_prompts: tuple[str, ...] = Field(
+        (),
+        description="Prompts the weights command precomputes besides the default one (JSON list).",
+    )
+    text_encoders_background: bool = Field(
+        False,
+        description="Load CLIP and T5 in the background right after warm-up instead of on the "
+        "first prompt that needs them.",
+    )
 
     # --- generation ------------------------------------------------------------------------
     default_prompt: str = Field(DEFAULT_PROMPT, min_length=1)

@@ -109,6 +109,7 @@ class EncoderCalls:
 
 def test_repeated_prompt_skips_both_text_encoders(model):
     image, mask = photo()
+    model.load_text_encoders()
     calls = EncoderCalls(model.pipe)
     try:
         first = model.generate(image, mask, params(prompt="a brand new prompt"))
@@ -129,6 +130,7 @@ def test_prompt_cache_is_lru_and_can_be_off(model, tiny_model_dir):
     off = InpaintModel(
         model.pipe, settings(tiny_model_dir, prompt_cache_size=0), "cpu", torch.float32
     )
+    model.load_text_encoders()
     calls = EncoderCalls(model.pipe)
     try:
         for prompt in ("a", "b", "a", "c", "b"):  # "b" was evicted by "c" (LRU keeps a, c)
