@@ -24,8 +24,9 @@ Variants (``--variants``, comma separated, measured in this order in one process
   (GGUF -> compute dtype once at load), ``compile`` (regional torch.compile, CUDA only),
   ``attn-NAME`` (diffusers attention backend), ``stepcache-T`` (first-block step cache,
   approximate), ``cpu-offload`` (model CPU offload), ``Q4_0``/``Q8_0`` (GGUF file).
-* ``ours``: the recommended configuration for large GPUs (cache+dequant+compile);
-  ``ours-l4``: the 24 GB profile (cache+offload-te+compile on the quantized transformer).
+* ``ours``: the recommended configuration for large GPUs (cache+embeds+dequant+compile);
+  ``ours-l4``: the 24 GB profile (cache+embeds+offload-te+compile on the quantized
+  transformer). ``embeds``: precomputed prompt embeddings, CLIP/T5 loaded on demand (issue 12).
 
 Figures per variant: cold start (load from local disk, page cache evicted, + warm-up), first
 job, warm job median, transformer time per step (CUDA events / perf_counter), text encoding per
@@ -92,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="warm jobs per variant (median; default 3)")
     parser.add_argument("--crop-steps", type=int, help="steps for the crop-to-mask timing")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (tiny: cpu, full: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="INPAINT_DTYPE (default auto; full scale on a CPU: bfloat16, as float32 T5 alone "
+        "is 19 GB)",
+    )
     parser.add_argument("--workdir", type=Path, help="where the random model is built/cached")
     parser.add_argument("--variants", help="comma-separated; see the module docstring")
     parser.add_argument("--crop-variant", help="variant used for the crop figures (last)")
@@ -121,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--size must be a positive multiple of 16")
     if args.repeats < 1 or args.steps < 1 or args.crop_steps < 1:
         parser.error("--repeats, --steps and --crop-steps must be >= 1")
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.scale == "full" and args.device == "cpu" else "auto"
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
         for name in args.variant_list:

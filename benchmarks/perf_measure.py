@@ -225,7 +225,7 @@ def _settings_for(ctx: Context, overrides: Mapping[str, Any]) -> Any:
         "model_dir": ctx.model_dir,
         "quant": ctx.args.quant,
         "device": ctx.device,
-        "dtype": "auto",
+        "dtype": ctx.args.dtype,
         **overrides,
     }
     return Settings(**values)

@@ -29,11 +29,12 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 DEFAULT_TOLERANCE = 1.0
 
 PRESETS: dict[str, str] = {
-    "ours": "cache+dequant+compile",
-    "ours-l4": "cache+offload-te+compile",
+    "ours": "cache+embeds+dequant+compile",
+    "ours-l4": "cache+embeds+offload-te+compile",
 }
 _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
     "cache": {"prompt_cache_size": 32},
+    "embeds": {"prompt_embeddings": True},
     "offload-te": {"offload_text_encoders": True},
     "dequant": {"dequantize": True},
     "compile": {"compile": True},
@@ -43,6 +44,7 @@ _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
 }
 BASELINE_SETTINGS: dict[str, Any] = {
     "prompt_cache_size": 0,
+    "prompt_embeddings": False,
     "dequantize": False,
     "compile": False,
     "offload_text_encoders": False,

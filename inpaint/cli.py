@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument(
         "--token-file", type=Path, help="file holding the HF token (else $HF_TOKEN)"
     )
+    from inpaint.weights import add_embedding_options
+
+    add_embedding_options(weights)
 
     tiny = sub.add_parser("tiny", help="build the random tiny model (tests, demo)")
     tiny.add_argument("--dest", type=Path, default=DEFAULT_TINY_DIR)
@@ -175,9 +178,11 @@ class _Bar:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from inpaint.weights import download, resolve_token
+    from inpaint.weights import download, precompute_embeddings, resolve_token
 
-    download(args.dest, args.quant, resolve_token(token_file=args.token_file))
+    if not args.embeddings_only:
+        download(args.dest, args.quant, resolve_token(token_file=args.token_file))
+    precompute_embeddings(args)
     sys.stdout.write(f"weights ready in {args.dest}\n")
     return 0
 

@@ -50,6 +50,18 @@ class NotFoundError(PermanentError):
         super().__init__(message, code="not_found")
 
 
+class PromptUnavailableError(PermanentError):
+    """A prompt that is not precomputed, in a deployment built without text encoders."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This prompt cannot be used: this deployment paints only with its preset prompts "
+            "(it has no text encoders to read new ones). Leave the prompt empty to use the "
+            "default prompt.",
+            code="prompt_unavailable",
+        )
+
+
 class ModelFilesMissingError(InpaintError):
     """Weights are not where the settings say; the message names the file and the fix."""
 

@@ -10,8 +10,10 @@ Decisions made here and why:
 
 * One lock around all model work: the GPU holds one job at a time, and a second concurrent job
   would only double memory and make both slower.
-* Prompt embeddings are cached (LRU): most jobs use the default prompt, and CLIP + T5-XXL cost
-  a noticeable share of a job on a GPU and T5 is 9.5 GB of weights to run through.
+* Prompt embeddings are cached (LRU), and read from the weights directory when precomputed
+  (``inpaint.prompts``): most jobs use the default prompt, so the service gets ready without
+  CLIP and T5-XXL (9.5 GB) and loads them once, from disk, on the first other prompt. Loading
+  them happens outside the model lock, so default-prompt jobs never wait for it.
 * Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
   independently of which GPU ran it (up to kernel nondeterminism).
 * Speed-ups are settings, each off by default and measured one at a time by
@@ -38,6 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,15 +54,13 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from inpaint.config import Settings
-from inpaint.errors import ModelFilesMissingError
+from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
+from inpaint.prompts import EmbeddingStore
 from inpaint.vocabulary import GenerationParams, ProgressCallback
 from inpaint.weights import missing_files
 
 logger = logging.getLogger(__name__)
 
-# FLUX's T5 context length; a tokenizer with a shorter model_max_length (the tiny test model)
-# lowers it, because the pipeline pads every prompt to exactly this many tokens.
-MAX_SEQUENCE_LENGTH = 512
 # Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
 SIZE_MULTIPLE = 16
 WARMUP_SIZE = 256
@@ -82,13 +83,14 @@ def weights_command(settings: Settings) -> str:
     return f"python -m inpaint weights --dest {settings.model_dir} --quant {settings.quant}"
 
 
-def check_model_files(settings: Settings) -> None:
+def check_model_files(settings: Settings, *, text_encoders: bool = True) -> None:
     """Raises ModelFilesMissingError naming the missing files and the command that fetches them.
 
     Checked up front because diffusers, offline, reports a missing file as a confusing Hub
-    error, possibly minutes into loading.
+    error, possibly minutes into loading. ``text_encoders=False``: a directory built with
+    ``--no-text-encoders`` (CLIP, T5 and their tokenizers left out on purpose).
     """
-    missing = missing_files(settings.base_dir, settings.gguf_path)
+    missing = missing_files(settings.base_dir, settings.gguf_path, text_encoders=text_encoders)
     if not missing:
         return
     shown = ", ".join(str(p) for p in missing[:5])
@@ -139,6 +141,33 @@ def check_attention_backend(name: str) -> str:
     return name
 
 
+def load_text_pipeline(base_dir: Path, dtype: torch.dtype) -> FluxFillPipeline:
+    """CLIP, T5 and their tokenizers alone, loaded by the same diffusers code as the whole
+    pipeline (so precomputed and computed embeddings are the same numbers)."""
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    text: FluxFillPipeline = FluxFillPipeline.from_pretrained(
+        str(base_dir),
+        transformer=None,
+        vae=None,
+        scheduler=None,
+        dtype=dtype,
+        local_files_only=True,
+    )
+    text.set_progress_bar_config(disable=True)
+    return text
+
+
+def encode_with(
+    pipe: FluxFillPipeline, prompt: str, device: Any, max_sequence_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T5 sequence, pooled CLIP) embeddings of ``prompt`` by ``pipe``'s text encoders."""
+    prompt_embeds, pooled, _text_ids = pipe.encode_prompt(
+        prompt=prompt, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+    )
+    return prompt_embeds, pooled
+
+
 class InpaintModel:
     """A loaded FluxFillPipeline plus the policies around it (lock, prompt cache, seeding)."""
 
@@ -146,7 +175,12 @@ class InpaintModel:
     dtype_name: str
 
     def __init__(
-        self, pipe: FluxFillPipeline, settings: Settings, device: str, dtype: torch.dtype
+        self,
+        pipe: FluxFillPipeline,
+        settings: Settings,
+        device: str,
+        dtype: torch.dtype,
+        store: EmbeddingStore | None = None,
     ) -> None:
         """Wraps an already loaded pipeline; use ``load`` to build one from settings."""
         self.pipe = pipe
@@ -161,11 +195,17 @@ class InpaintModel:
         # Where CLIP and T5 live between prompt-cache misses: None = with the rest, on device.
         self.text_encoder_home: str | None = None
         self.load_seconds = 0.0
+        self.text_encoder_loads = 0  # how often CLIP + T5 were loaded from disk (0 or 1)
+        self.background_load: threading.Thread | None = None
         self._lock = threading.RLock()
+        self._encoder_lock = threading.Lock()
         self._prompt_cache: OrderedDict[tuple[str, int], _PromptEmbeddings] = OrderedDict()
-        tokenizer_2 = getattr(pipe, "tokenizer_2", None)
-        limit = getattr(tokenizer_2, "model_max_length", MAX_SEQUENCE_LENGTH)
-        self.max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(limit))
+        self.store = store or EmbeddingStore.open(settings.model_dir)
+        self.max_sequence_length = self.store.max_sequence_length
+
+    @property
+    def text_encoders_loaded(self) -> bool:
+        return self.pipe.text_encoder_2 is not None
 
     @classmethod
     def load(cls, settings: Settings) -> InpaintModel:
@@ -174,7 +214,8 @@ class InpaintModel:
         Raises ModelFilesMissingError (with the fix) before touching diffusers when a file is
         missing, and ValueError for contradictory device settings.
         """
-        check_model_files(settings)
+        store = EmbeddingStore.open(settings.model_dir)
+        check_model_files(settings, text_encoders=not store.text_encoders_omitted)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         on_gpu = device.startswith("cuda")
@@ -195,9 +236,15 @@ class InpaintModel:
             dtype=dtype,
             local_files_only=True,
         )
+        # Without CLIP and T5: they load on demand (``load_text_encoders``), or just below when
+        # the default prompt's embedding is not precomputed.
         pipe = FluxFillPipeline.from_pretrained(
             str(settings.base_dir),
             transformer=transformer,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
             dtype=dtype,
             local_files_only=True,
         )
@@ -220,9 +267,10 @@ class InpaintModel:
             if settings.cpu_offload:
                 logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
             pipe.to(device)
-        model = cls(pipe, settings, device, dtype)
+        model = cls(pipe, settings, device, dtype, store)
         if park_text_encoders:
             model.text_encoder_home = "cpu"
+        model._check_default_prompt()
         if settings.dequantize:
             model._dequantize()
         model._configure_transformer(on_gpu)
@@ -236,10 +284,76 @@ class InpaintModel:
                 "dequantized": model.dequantized,
                 "compiled": model.compiled,
                 "textEncodersOffloaded": model.text_encoder_home is not None,
+                "textEncodersLoaded": model.text_encoders_loaded,
                 "loadSeconds": round(model.load_seconds, 2),
             },
         )
         return model
+
+    def _check_default_prompt(self) -> None:
+        """Loads the text encoders now unless the default prompt's embedding is precomputed
+        (as before this store existed, with the reason logged); fatal if they were left out."""
+        default = self.settings.default_prompt
+        if self.settings.prompt_embeddings:
+            entry, reason = self.store.find(default, self.dtype_name)
+        else:
+            entry, reason = None, "INPAINT_PROMPT_EMBEDDINGS is off"
+        if entry is not None:
+            return
+        if not self.store.text_encoders_present:
+            raise ModelFilesMissingError(
+                f"the default prompt has no usable precomputed embedding ({reason}) and the "
+                "weights were built without text encoders; rebuild them with this "
+                "INPAINT_DEFAULT_PROMPT set, or without --no-text-encoders"
+            )
+        logger.warning("default prompt not precomputed: %s; loading the text encoders", reason)
+        self.load_text_encoders()
+
+    def load_text_encoders(self) -> None:
+        """Loads CLIP, T5 and their tokenizers from disk once (idempotent, thread-safe).
+
+        Runs outside the model lock (it takes seconds to minutes at full size), so jobs that
+        need no encoder go on meanwhile; only attaching them to the pipeline takes the lock.
+        On the L4 profile they stay in CPU memory (``text_encoder_home``) and visit the GPU
+        only to encode.
+        """
+        if self.text_encoders_loaded:
+            return
+        if not self.store.text_encoders_present:
+            raise PromptUnavailableError()
+        with self._encoder_lock:
+            if self.text_encoders_loaded:
+                return
+            started = time.perf_counter()
+            text = load_text_pipeline(self.settings.base_dir, self.dtype)
+            on_gpu = self.device.startswith("cuda")
+            if self.text_encoder_home is None and not (self.settings.cpu_offload and on_gpu):
+                text.text_encoder.to(self.device)
+                text.text_encoder_2.to(self.device)
+            with self._lock:
+                self.pipe.register_modules(
+                    text_encoder=text.text_encoder,
+                    text_encoder_2=text.text_encoder_2,
+                    tokenizer=text.tokenizer,
+                    tokenizer_2=text.tokenizer_2,
+                )
+                if self.settings.cpu_offload and on_gpu:
+                    self.pipe.enable_model_cpu_offload(device=self.device)  # hooks incl. these
+            self.text_encoder_loads += 1
+            logger.info(
+                "text encoders loaded",
+                extra={"seconds": round(time.perf_counter() - started, 2)},
+            )
+
+    def _load_text_encoders_in_background(self) -> None:
+        def run() -> None:
+            try:
+                self.load_text_encoders()
+            except Exception:  # a job that needs them will try again and report it
+                logger.exception("background loading of the text encoders failed")
+
+        self.background_load = threading.Thread(target=run, name="text-encoders", daemon=True)
+        self.background_load.start()
 
     def _dequantize(self) -> None:
         """Replaces every GGUF linear layer by a dense one in the compute dtype, once.
@@ -305,27 +419,38 @@ class InpaintModel:
                 torch.cuda.empty_cache()  # hand the encoders' memory back for the next job
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``, from the LRU cache
-        when possible, so a repeated prompt skips both text encoders."""
+        """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``: from the LRU cache,
+        else precomputed (``inpaint.prompts``), else computed by CLIP + T5, which are loaded on
+        the first such prompt. Raises PromptUnavailableError when the image has no encoders."""
         key = (prompt, self.max_sequence_length)
         with self._lock:
             cached = self._prompt_cache.get(key)
             if cached is not None:
                 self._prompt_cache.move_to_end(key)
                 return cached.prompt_embeds, cached.pooled_prompt_embeds
-            with torch.no_grad(), self._text_encoders_on_device():
-                prompt_embeds, pooled, _text_ids = self.pipe.encode_prompt(
-                    prompt=prompt,
-                    prompt_2=None,
-                    device=self.pipe._execution_device,
-                    max_sequence_length=self.max_sequence_length,
-                )
+        found: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.settings.prompt_embeddings:
+            entry, reason = self.store.find(prompt, self.dtype_name)
+            if entry is not None:
+                embeds, pooled = self.store.load(entry, "cpu")
+                device = self.pipe._execution_device
+                found = embeds.to(device), pooled.to(device)
+            else:
+                logger.info("prompt not precomputed: %s", reason)
+        if found is None:
+            self.load_text_encoders()  # outside the lock: other jobs go on meanwhile
+        with self._lock:
+            if found is None:
+                with torch.no_grad(), self._text_encoders_on_device():
+                    found = encode_with(
+                        self.pipe, prompt, self.pipe._execution_device, self.max_sequence_length
+                    )
             capacity = self.settings.prompt_cache_size
             if capacity > 0:
-                self._prompt_cache[key] = _PromptEmbeddings(prompt_embeds, pooled)
+                self._prompt_cache[key] = _PromptEmbeddings(*found)
                 while len(self._prompt_cache) > capacity:
                     self._prompt_cache.popitem(last=False)
-            return prompt_embeds, pooled
+            return found
 
     def generate(
         self,
@@ -357,8 +482,8 @@ class InpaintModel:
                 on_step(index + 1, total)
             return {}
 
+        prompt_embeds, pooled = self.encode_prompt(params.prompt)  # may load encoders: unlocked
         with self._lock:
-            prompt_embeds, pooled = self.encode_prompt(params.prompt)
             generator = torch.Generator("cpu").manual_seed(params.seed)
             # no_grad, not inference_mode: offload hooks move parameters during the call, and
             # parameters turned into inference tensors would break later (grad-mode) use.
@@ -402,3 +527,9 @@ class InpaintModel:
             "model warmed up",
             extra={"warmupSeconds": round(time.perf_counter() - started, 2), "size": size},
         )
+        if (
+            self.settings.text_encoders_background
+            and self.store.text_encoders_present
+            and not self.text_encoders_loaded
+        ):
+            self._load_text_encoders_in_background()

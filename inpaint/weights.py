@@ -15,6 +15,7 @@ lazily: the loader imports this module in a process that must stay offline.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import logging
@@ -78,8 +79,11 @@ def gguf_repo_file(quant: str) -> str:
     return gguf_filename(quant)
 
 
-def missing_files(base_dir: Path, gguf_path: Path) -> list[Path]:
+def missing_files(base_dir: Path, gguf_path: Path, *, text_encoders: bool = True) -> list[Path]:
     """Files the loader needs that are absent from a weights directory ([] when complete).
+
+    ``text_encoders=False`` skips CLIP, T5 and their tokenizers (a ``--no-text-encoders``
+    directory, whose prompts are all precomputed).
 
     Accepts what both the real repository and the tiny test model contain: a component's
     weights as one safetensors file or as an index plus every shard it names; CLIP's tokenizer
@@ -88,19 +92,24 @@ def missing_files(base_dir: Path, gguf_path: Path) -> list[Path]:
     missing: list[Path] = []
     if not gguf_path.is_file():
         missing.append(gguf_path)
+    text_files = (
+        "text_encoder/config.json",
+        "text_encoder_2/config.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer_2/tokenizer_config.json",
+    )
     for name in (
         "model_index.json",
         "scheduler/scheduler_config.json",
         *_TRANSFORMER_FILES,
         "vae/config.json",
-        "text_encoder/config.json",
-        "text_encoder_2/config.json",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer_2/tokenizer_config.json",
+        *(text_files if text_encoders else ()),
     ):
         if not (base_dir / name).is_file():
             missing.append(base_dir / name)
     missing += _missing_weights(base_dir / "vae", "diffusion_pytorch_model")
+    if not text_encoders:
+        return missing
     missing += _missing_weights(base_dir / "text_encoder", "model")
     missing += _missing_weights(base_dir / "text_encoder_2", "model")
     clip = base_dir / "tokenizer"
@@ -209,3 +218,44 @@ def _check_listing(selected: list[str]) -> None:
         raise WeightsDownloadError(
             f"{BASE_REPO} does not list {', '.join(absent)}; has the repository changed?"
         )
+
+
+def add_embedding_options(parser: argparse.ArgumentParser) -> None:
+    """The weights command's prompt-embedding options (see ``inpaint.prompts``)."""
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="also precompute this prompt (repeatable; besides INPAINT_DEFAULT_PROMPT and "
+        "INPAINT_EXTRA_PROMPTS)",
+    )
+    parser.add_argument(
+        "--embeddings-dtype",
+        action="append",
+        choices=("bfloat16", "float16", "float32"),
+        help="dtype the service runs in (repeatable; default bfloat16, the GPU's)",
+    )
+    parser.add_argument(
+        "--no-text-encoders",
+        action="store_true",
+        help="leave CLIP, T5 and their tokenizers out after precomputing (~9.7 GB less); "
+        "jobs with any other prompt then fail",
+    )
+    parser.add_argument(
+        "--embeddings-only",
+        action="store_true",
+        help="skip the download: (re)compute the embeddings of an existing --dest",
+    )
+
+
+def precompute_embeddings(args: argparse.Namespace) -> None:
+    """Writes the prompt embeddings into ``args.dest`` (after the download)."""
+    from inpaint.prompts import deployment_prompts, write_embeddings
+
+    write_embeddings(
+        args.dest,
+        deployment_prompts(args.prompt),
+        args.embeddings_dtype or ["bfloat16"],
+        omit_text_encoders=args.no_text_encoders,
+    )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import perf_measure, perf_variants
+from benchmarks import perf_bench, perf_measure, perf_variants
 from inpaint import randmodel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +181,17 @@ def test_variant_names_map_to_settings():
             perf_variants.variant_settings(bad)
     env = perf_variants.env_form({"quant": "Q4_0", **perf_variants.variant_settings("ours")})
     assert "INPAINT_DEQUANTIZE=true" in env and "INPAINT_COMPILE=true" in env
+
+
+def test_full_scale_on_a_cpu_runs_in_bfloat16():
+    assert perf_bench.parse_args(["--scale", "full", "--device", "cpu"]).dtype == "bfloat16"
+    assert perf_bench.parse_args(["--scale", "full"]).dtype == "auto"
+    assert perf_bench.parse_args(["--scale", "tiny"]).dtype == "auto"
+    assert perf_bench.parse_args(
+        ["--scale", "full", "--device", "cpu", "--dtype", "float32"]
+    ).dtype == ("float32")
+    assert perf_variants.variant_settings("baseline")["prompt_embeddings"] is False
+    assert perf_variants.variant_settings("ours")["prompt_embeddings"] is True
 
 
 def test_flop_model_matches_the_published_compute_bound():

@@ -64,6 +64,13 @@ def build_model(
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest / LOCK_NAME):
         _build_locked(dest, spec, quant=quant, seed=seed, device=device)
+        if spec.text_encoders:  # the weights command's step (inpaint.prompts), same code
+            from inpaint.prompts import write_builder_embeddings
+
+            # bfloat16: what a GPU runs; float32: what a CPU runs by default (tests, demo), too
+            # big for T5-XXL at full size (19 GB).
+            dtypes = ("bfloat16",) if spec.name == "full" else ("float32", "bfloat16")
+            write_builder_embeddings(dest, dtypes)
     return dest
 
 

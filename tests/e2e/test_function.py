@@ -237,7 +237,7 @@ def test_ready_is_503_until_warm_then_200(start_server):
         try:
             ready = server.get("/ready").status_code
             seen.append((server.get("/health").status_code, ready))
-        except (requests.ConnectionError, requests.Timeout):
+        except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
             continue
         if ready == 200:
             break
@@ -252,7 +252,7 @@ def test_warmup_failure_makes_health_503_with_the_missing_file(start_server, tmp
         try:
             if server.get("/health").status_code == 503:
                 break
-        except (requests.ConnectionError, requests.Timeout):
+        except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
             pass
         time.sleep(0.1)
     health, ready = server.get("/health"), server.get("/ready")
