@@ -158,8 +158,10 @@ def _decode_document_event(data: Any) -> DocumentEventData:
     try:
         if isinstance(data, bytes | bytearray):
             return DocumentEventData.deserialize(bytes(data))
-        if isinstance(data, dict):
+        if isinstance(data, dict) and ({"value", "oldValue", "old_value"} & data.keys()):
             return DocumentEventData.from_json(json.dumps(data), ignore_unknown_fields=True)
+        if isinstance(data, dict):
+            raise InvalidEventError("the Firestore event's JSON data is not a DocumentEventData")
     except Exception as exc:  # protobuf raises DecodeError, ParseError and friends
         raise InvalidEventError("the Firestore event data is not a DocumentEventData") from exc
     raise InvalidEventError("a Firestore event must carry protobuf or JSON document data")
