@@ -158,10 +158,10 @@ def _decode_document_event(data: Any) -> DocumentEventData:
     try:
         if isinstance(data, bytes | bytearray):
             return DocumentEventData.deserialize(bytes(data))
-        if isinstance(data, dict) and ({"value", "oldValue", "old_value"} & data.keys()):
-            return DocumentEventData.from_json(json.dumps(data), ignore_unknown_fields=True)
         if isinstance(data, dict):
-            raise InvalidEventError("the Firestore event's JSON data is not a DocumentEventData")
+            if not {"value", "oldValue", "old_value"} & data.keys():
+                raise ValueError("no document in the JSON data")
+            return DocumentEventData.from_json(json.dumps(data), ignore_unknown_fields=True)
     except Exception as exc:  # protobuf raises DecodeError, ParseError and friends
         raise InvalidEventError("the Firestore event data is not a DocumentEventData") from exc
     raise InvalidEventError("a Firestore event must carry protobuf or JSON document data")
