@@ -1,21 +1,37 @@
-# syntax=docker/dockerfile:1
 #
 # Production image of the pawfect-edit-inpaint Cloud Run service: FLUX.1-Fill-dev with a GGUF
-# transformer on one NVIDIA L4, served by gunicorn (inpaint.serving.SERVE_ARGV).
+# transformer on one NVIDIA L4, served by gunicorn (inpaint.serving.SERVE_ARGV). The same file
+# builds the image the test suite runs (tests/container), with the tiny random model instead of
+# the real weights: `make image` (tools/image.py) does that on a fresh machine.
+#
+# No `# syntax=` line on purpose: it makes BuildKit pull a frontend image from Docker Hub, and the
+# frontend built into Docker 20.10 (Cloud Build's docker builder, Debian's docker.io) already
+# supports the secret mount used below.
 #
 # Build (BuildKit; the Hugging Face token is a build *secret*: never a build arg, never an ENV,
 # both of which are stored in the image's config and history):
 #
-#   HF_TOKEN=... docker buildx build --secret id=hf_token,env=HF_TOKEN \
+#   HF_TOKEN=... DOCKER_BUILDKIT=1 docker build --secret id=hf_token,env=HF_TOKEN \
 #       --build-arg QUANT=Q4_0 -t pawfect-edit-inpaint .
 #
 # (cloudbuild.yaml passes the secret as a file, src=, which its Docker 20.10 builder supports.)
 #
-# Stages: base (Python + non-root user) -> deps (pinned packages) -> weights (downloads the model
-# with the secret mounted) -> runtime (deps + /models copied from weights + the code). The layers
-# are ordered by how often they change, so a code change rebuilds only the last layers and does
-# not download the ~17 GB of weights again. Only /models leaves the weights stage, so nothing
-# else that stage wrote (Hub caches, temp files) can reach the image.
+# Build arguments:
+# - WEIGHTS: which stage provides /models. `real` (default) downloads FLUX.1-Fill-dev with the
+#   hf_token secret; `tiny` builds the random tiny model with the project's own builder
+#   (`python -m inpaint tiny`, no secret used); `image` copies /models from the image named by
+#   WEIGHTS_IMAGE, a weights stage built and pushed earlier (cloudbuild.yaml does this so that a
+#   fresh build worker does not download ~17 GB again).
+# - PYTHON_IMAGE: the base image. tools/image.py passes an equivalent local Debian/Python 3.11
+#   base where the Python image cannot be pulled.
+# - TORCH_INDEX_URL: where torch comes from (see CUDA below).
+#
+# Stages: base (Python + non-root user) -> deps (pinned packages) -> download / tiny (make
+# /models) -> weights-real / weights-tiny / weights-image (only /models; WEIGHTS picks one) ->
+# runtime (deps + /models copied from the chosen weights + the code).
+# The layers are ordered by how often they change, so a code change rebuilds only the last
+# layers and does not run the weights stage again. Only /models leaves the weights stage, so
+# nothing else that stage wrote (Hub caches, temp files) can reach the image.
 #
 # CUDA and base image:
 # - The default PyPI wheel of torch==2.13.0 is the CUDA 13.0 build: its metadata requires
@@ -26,6 +42,7 @@
 # - PyTorch 2.13 also publishes a CUDA 12.6 build (download.pytorch.org/whl/cu126, cuDNN
 #   9.10.2.21). A CUDA 12.x build runs on any driver >= 525.60 through minor-version
 #   compatibility, and its sm_86 kernels run on the L4 (sm_89). So torch comes from that index.
+#   (Local builds, where that index is unreachable, take PyPI's CUDA 13.0 build: still CUDA.)
 # - Torch wheels carry the whole CUDA user space (cuBLAS, cuDNN, NCCL, ...) as nvidia-* pip
 #   packages, and Cloud Run injects the driver (libcuda). A CUDA base image would only add a
 #   second copy of those libraries, so the base is the plain Python image, with the same Python
@@ -39,6 +56,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-trixie
 # One of Q3_K_S, Q4_0, Q4_1, Q4_K_S, Q5_0, Q5_1, Q5_K_S, Q6_K, Q8_0 (Q4_0: 6.8 GB, Q8_0: 12.7 GB).
 ARG QUANT=Q4_0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# real, tiny or image (see the top of this file).
+ARG WEIGHTS=real
+ARG WEIGHTS_IMAGE=scratch
 
 
 FROM ${PYTHON_IMAGE} AS base
@@ -72,7 +92,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
     && rm -rf /tmp/requirements
 
 
-FROM deps AS weights
+FROM deps AS download
 ARG QUANT
 
 WORKDIR /build
@@ -90,6 +110,39 @@ RUN --mount=type=secret,id=hf_token,target=/run/secrets/hf_token,required=true \
     && rm -rf /tmp/hf-home \
     && find /models -name .cache -prune -exec rm -rf {} + \
     && chmod -R a+rX,go-w /models
+
+
+FROM deps AS tiny
+ARG QUANT
+
+WORKDIR /build
+# The tiny random model (tests, local runs), made by the project's own builder with the same
+# directory layout as the weights command. Same rule as above: only the modules it imports.
+COPY inpaint/__init__.py inpaint/__main__.py inpaint/cli.py inpaint/config.py inpaint/errors.py \
+     inpaint/logs.py inpaint/weights.py ./inpaint/
+COPY inpaint/randmodel/ ./inpaint/randmodel/
+RUN INPAINT_LOG_LEVEL=INFO python -m inpaint tiny --dest /models --quant "${QUANT}" \
+    && rm -f /models/.random-model.lock \
+    && chmod -R a+rX,go-w /models
+
+
+# The weights stages proper hold /models and nothing else, so the weights image that
+# cloudbuild.yaml pushes (--target weights-real) carries no second copy of the packages.
+FROM scratch AS weights-real
+COPY --from=download /models /models
+
+FROM scratch AS weights-tiny
+COPY --from=tiny /models /models
+
+# /models of an earlier weights build, pushed as its own image (WEIGHTS=image). Its reference is
+# chosen by the caller (cloudbuild.yaml tags it with the quantization and a revision).
+# hadolint ignore=DL3006
+FROM ${WEIGHTS_IMAGE} AS weights-image
+
+# The stage WEIGHTS names (weights-real, weights-tiny or weights-image); hadolint cannot tell that
+# the expanded name is a stage of this file.
+# hadolint ignore=DL3006
+FROM weights-${WEIGHTS} AS weights
 
 
 FROM deps AS runtime

@@ -3,7 +3,9 @@
 One worker process owns the GPU; no preload, so the app (and the CUDA context) is created in the
 worker, never in the forking master. Several threads let /health and /ready answer while a job
 runs; the model itself serialises GPU work. No worker timeout: Cloud Run's request timeout bounds
-a job, and a long denoising loop must not look like a hung worker.
+a job, and a long denoising loop must not look like a hung worker. No control socket: gunicorn 27
+creates one under $HOME/.gunicorn by default, which fails on a read-only root filesystem and
+offers an admin interface the service does not need.
 """
 
 import os
@@ -14,8 +16,11 @@ worker_class = "gthread"
 threads = int(os.environ.get("THREADS", "4"))
 preload_app = False
 timeout = 0
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
+# Below Cloud Run's 10 s between SIGTERM and SIGKILL: a job still running after 8 s is cut off by
+# gunicorn itself (exit 0); its lease expires and the unacknowledged message is delivered again.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "8"))
 keepalive = 5
 accesslog = None
 errorlog = "-"
 loglevel = "warning"
+control_socket_disable = True

@@ -31,7 +31,12 @@ def handle_session(cloud_event: CloudEvent) -> None:
         flask.request.headers.get("X-Cloud-Trace-Context") if flask.has_request_context() else None
     )
     handle_event(
-        cloud_event, service.STORE, service.require_model, get_settings(), trace_header=trace
+        cloud_event,
+        service.STORE,
+        service.require_model,
+        get_settings(),
+        trace_header=trace,
+        shutdown=service.SHUTDOWN,
     )
 
 

@@ -98,7 +98,9 @@ class Settings(BaseSettings):
     # --- job lifecycle ---------------------------------------------------------------------
     lease_seconds: float = Field(180.0, gt=0.5, le=3600.0)
     max_attempts: int = Field(5, ge=1, le=100)
-    max_event_age_seconds: float = Field(3600.0, gt=0.0)
+    # 24 h: the retention of the Eventarc trigger's subscription. A burst queues jobs for
+    # N x job time; none of them may be failed as "expired" while Pub/Sub still redelivers it.
+    max_event_age_seconds: float = Field(86400.0, gt=0.0)
     price_per_second: float = Field(L4_INSTANCE_PRICE_PER_SECOND, ge=0.0)
     progress_interval_seconds: float = Field(3.0, ge=0.0)
     max_event_bytes: int = Field(1024 * 1024, ge=1024)

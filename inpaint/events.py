@@ -2,7 +2,8 @@
 
 Three shapes reach the function: Eventarc Pub/Sub events (binary or structured mode), raw Pub/Sub
 push bodies (functions-framework converts them to the same Pub/Sub event type) and Firestore
-document events (protobuf). Each is decoded with google-events' own types, and the IDs are
+document events (protobuf or JSON data; legacy background events are converted to these by
+functions-framework). Each is decoded with google-events' own types, and the IDs are
 validated here, before anything can build a Firestore or Storage path from them.
 
 Outcomes: a ``JobRequest`` (work to do), ``Ignored`` (a well-formed event that asks for no work,
@@ -147,26 +148,40 @@ def _from_pubsub(data: Any) -> tuple[SessionRef, dt.datetime | None]:
     return session, _as_utc(published)
 
 
+def _decode_document_event(data: Any) -> DocumentEventData:
+    """``DocumentEventData`` from protobuf bytes or from its JSON form.
+
+    JSON arrives when the trigger was created without ``--event-data-content-type`` (gcloud's
+    default is ``application/json``) and from legacy Firestore background events, which
+    functions-framework converts to this event type with the legacy ``data`` as is.
+    """
+    try:
+        if isinstance(data, bytes | bytearray):
+            return DocumentEventData.deserialize(bytes(data))
+        if isinstance(data, dict):
+            if not {"value", "oldValue", "old_value"} & data.keys():
+                raise ValueError("no document in the JSON data")
+            return DocumentEventData.from_json(json.dumps(data), ignore_unknown_fields=True)
+    except Exception as exc:  # protobuf raises DecodeError, ParseError and friends
+        raise InvalidEventError("the Firestore event data is not a DocumentEventData") from exc
+    raise InvalidEventError("a Firestore event must carry protobuf or JSON document data")
+
+
 def _from_firestore(data: Any, event_type: str) -> SessionRef | str:
     """A session document created or set to ``queued`` -> its IDs; otherwise a reason to skip.
 
     Only a transition *into* ``queued`` starts a job, and the function itself never writes
     ``queued``, so its own writes (processing, progress, completed, failed) cannot loop.
     """
-    if not isinstance(data, bytes | bytearray):
-        raise InvalidEventError("a Firestore event must carry application/protobuf data")
-    try:
-        decoded = DocumentEventData.deserialize(bytes(data))
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise InvalidEventError("the Firestore event data is not a DocumentEventData") from exc
-    if "value" not in decoded:
+    decoded = _decode_document_event(data)
+    if "value" not in decoded or not decoded.value.name:
         return "the document was deleted"
     match = _DOC_RE.search(decoded.value.name)
     if not match:
         return "the document is not a session document"
     session = SessionRef(validate_id("userId", match[1]), validate_id("sessionId", match[2]))
     status = _string_field(decoded.value, "processingStatus")
-    if "old_value" in decoded:
+    if "old_value" in decoded and decoded.old_value.name:
         old_status = _string_field(decoded.old_value, "processingStatus")
         if status == QUEUED and old_status != QUEUED:
             return session

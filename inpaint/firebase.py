@@ -17,11 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import enum
 import json
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +34,11 @@ from firebase_admin import credentials, firestore, storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
 
+from inpaint import claims
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
-from inpaint.vocabulary import COMPLETED, FAILED, PROCESSING
+from inpaint.vocabulary import CANCELLED, COMPLETED, QUEUED
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,21 @@ class _WrittenMeanwhile(Exception):
     """Someone wrote the document between our read and our conditional write: read again."""
 
 
+class _NoAnswer(Exception):
+    """A conditional write got no answer (it may have landed): read again and decide."""
+
+
 def _cas_backoff(state: tenacity.RetryCallState) -> float:
     """A short random pause growing with the attempt, so racing writers spread out."""
     return random.uniform(0.005, 0.05) * state.attempt_number
 
 
 T = TypeVar("T")
+ClaimOutcome = claims.Outcome
 
 
-class ClaimOutcome(enum.StrEnum):
-    """What a claim found; only ``ACQUIRED`` means "run the job"."""
-
-    ACQUIRED = "acquired"
-    COMPLETED = "already completed"
-    FAILED = "already failed for this event"
-    BUSY = "processing elsewhere under an unexpired lease"
-    MISSING = "session document not found"
-    EXHAUSTED = "attempts exhausted"
-    EXPIRED = "event too old"
+class LeaseLostError(Exception):
+    """Our lease is gone (another instance took over, or the app cancelled or re-queued)."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,15 @@ class FirebaseStore:
         self._timeout = settings.io_timeout_seconds
 
     # ----------------------------------------------------------------------------- claim
+    @property
+    def policy(self) -> claims.Policy:
+        s = self._settings
+        return claims.Policy(s.lease_seconds, s.max_attempts, s.max_event_age_seconds)
+
     def claim(self, request: JobRequest, *, now: dt.datetime | None = None) -> Claim:
-        """Takes the session's lease (compare-and-set), or says why not."""
-        now = now or utcnow()
+        """Takes the session's lease (compare-and-set), or says why not (``claims.decide``)."""
         owner = f"{self._instance}:{uuid.uuid4().hex}"
+        wanted = claims.Request(request.event_id, request.event_time, owner)
         ref = self._ref(request.session)
         # Registered before the write: a concurrent claim in this process must see our lease
         # as running, not as a stale lease of ours to take over.
@@ -118,33 +121,14 @@ class FirebaseStore:
             self._running.add(owner)
 
         def decide(doc: dict[str, Any] | None) -> tuple[Claim, dict[str, Any] | None]:
-            if doc is None:
-                return Claim(ClaimOutcome.MISSING, request.session), None
-            decision = self._decide(doc, request, now)
-            if decision is ClaimOutcome.EXHAUSTED:
-                return Claim(decision, request.session, document=doc), self._exhausted_fields(
-                    doc, now
-                )
-            if decision is ClaimOutcome.EXPIRED:
-                return Claim(decision, request.session, document=doc), self._expired_fields(
-                    request, now
-                )
-            if decision is not ClaimOutcome.ACQUIRED:
-                return Claim(decision, request.session, document=doc), None
-            attempt = self._attempts_so_far(doc, request) + 1
-            fields = {
-                "processingStatus": PROCESSING,
-                "attempts": attempt,
-                "leaseOwner": owner,
-                "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
-                "eventId": request.event_id,
-                "startedAt": now,
-                "updatedAt": now,
-                "progress": 0.0,
-                "errorMessage": None,
-                "errorCode": None,
-            }
-            return Claim(ClaimOutcome.ACQUIRED, request.session, owner, attempt, doc), fields
+            with self._running_lock:
+                running = frozenset(self._running)
+            decision = claims.decide(doc, wanted, now or utcnow(), self.policy, running)
+            if decision.outcome is ClaimOutcome.ACQUIRED and decision.fields is None:
+                log.warning("the claim's reply was lost; the lease it wrote is ours")
+            mine = owner if decision.outcome is ClaimOutcome.ACQUIRED else ""
+            claim = Claim(decision.outcome, request.session, mine, decision.attempt, doc or {})
+            return claim, decision.fields
 
         acquired = False
         try:
@@ -154,77 +138,6 @@ class FirebaseStore:
         finally:
             if not acquired:
                 self._forget(owner)
-
-    def _decide(self, doc: dict[str, Any], request: JobRequest, now: dt.datetime) -> ClaimOutcome:
-        status = doc.get("processingStatus")
-        if status == COMPLETED:
-            return ClaimOutcome.COMPLETED
-        if status == FAILED and doc.get("eventId") == request.event_id:
-            return ClaimOutcome.FAILED
-        if status == PROCESSING and self._lease_alive(doc, now):
-            return ClaimOutcome.BUSY
-        if request.event_time and (now - request.event_time).total_seconds() > (
-            self._settings.max_event_age_seconds
-        ):
-            return ClaimOutcome.EXPIRED
-        if self._attempts_so_far(doc, request) >= self._settings.max_attempts:
-            return ClaimOutcome.EXHAUSTED
-        return ClaimOutcome.ACQUIRED
-
-    def _lease_alive(self, doc: dict[str, Any], now: dt.datetime) -> bool:
-        """An unexpired lease, unless it is this process's own lease from a job that ended.
-
-        The second case is a lease we could not release (Firestore was unreachable when the
-        job failed): its event comes back to us, and nobody is working on it.
-        """
-        expires = doc.get("leaseExpiresAt")
-        if not isinstance(expires, dt.datetime) or expires <= now:
-            return False
-        owner = str(doc.get("leaseOwner") or "")
-        if not owner.startswith(self._instance + ":"):
-            return True
-        with self._running_lock:
-            return owner in self._running
-
-    @staticmethod
-    def _attempts_so_far(doc: dict[str, Any], request: JobRequest) -> int:
-        """Attempts of this request; a new event for a failed session is a fresh retry."""
-        if doc.get("processingStatus") == FAILED and doc.get("eventId") != request.event_id:
-            return 0
-        attempts = doc.get("attempts")
-        return attempts if isinstance(attempts, int) else 0
-
-    def _exhausted_fields(self, doc: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-        reason = doc.get("lastError") or "a temporary error"
-        return self._failed_fields(
-            f"Processing failed after {self._settings.max_attempts} attempts; "
-            f"the last error was: {reason}",
-            "attempts_exhausted",
-            now,
-        )
-
-    def _expired_fields(self, request: JobRequest, now: dt.datetime) -> dict[str, Any]:
-        assert request.event_time is not None
-        age = (now - request.event_time).total_seconds()
-        return self._failed_fields(
-            f"The request expired: it was sent {age / 60:.0f} minutes ago, more than the "
-            f"limit of {self._settings.max_event_age_seconds / 60:.0f} minutes. "
-            "Please try again.",
-            "expired",
-            now,
-        ) | {"eventId": request.event_id}
-
-    @staticmethod
-    def _failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
-        return {
-            "processingStatus": FAILED,
-            "errorMessage": message,
-            "errorCode": code,
-            "failedAt": now,
-            "updatedAt": now,
-            "leaseOwner": None,
-            "leaseExpiresAt": None,
-        }
 
     # ------------------------------------------------------------------------ inputs
     def load_inputs(self, session: SessionRef) -> Inputs:
@@ -272,15 +185,40 @@ class FirebaseStore:
 
     # ------------------------------------------------------------------ lease updates
     def heartbeat(self, claim: Claim, progress: float | None) -> None:
-        """Extends our lease and publishes progress (plain update: cheap, every few seconds)."""
-        now = utcnow()
-        fields: dict[str, Any] = {
-            "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
-            "updatedAt": now,
-        }
-        if progress is not None:
-            fields["progress"] = round(progress, 4)
-        self._ref(claim.session).update(fields, retry=self._retry, timeout=self._timeout)
+        """Extends our lease and publishes progress, only while the lease is ours.
+
+        Raises ``LeaseLostError`` when it is not (cancelled, re-queued, taken over): the job
+        must stop without writing anything.
+        """
+
+        def decide(doc: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
+            if not claims.owns(doc, claim.owner):
+                return False, None
+            now = utcnow()
+            fields: dict[str, Any] = {
+                "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
+                "updatedAt": now,
+            }
+            if progress is not None:
+                fields["progress"] = round(progress, 4)
+            return True, fields
+
+        if not self._compare_and_set(self._ref(claim.session), decide):
+            raise LeaseLostError(self._why_lost(claim))
+
+    def check_lease(self, claim: Claim) -> None:
+        """Raises ``LeaseLostError`` unless the lease is still ours (before writing outputs)."""
+        if not claims.owns(self.read_document(claim.session), claim.owner):
+            raise LeaseLostError(self._why_lost(claim))
+
+    def _why_lost(self, claim: Claim) -> str:
+        doc = self.read_document(claim.session) or {}
+        status = doc.get("processingStatus")
+        if status == CANCELLED:
+            return "the app cancelled the job"
+        if status == QUEUED:
+            return "the app queued a new request for the session"
+        return f"the lease is no longer ours (status {status!r})"
 
     def complete(self, claim: Claim, fields: dict[str, Any]) -> bool:
         """Marks the job completed if the lease is still ours; False if we lost it."""
@@ -303,7 +241,7 @@ class FirebaseStore:
 
     def fail(self, claim: Claim, message: str, code: str) -> bool:
         """Records a permanent failure the user sees, if the lease is still ours."""
-        return self._finish(claim, self._failed_fields(message, code, utcnow()))
+        return self._finish(claim, claims.failed_fields(message, code, utcnow()))
 
     def release(self, claim: Claim, error: str) -> bool:
         """Gives the lease up after a transient error so the redelivery can take over."""
@@ -325,9 +263,8 @@ class FirebaseStore:
         ref = self._ref(claim.session)
 
         def decide(doc: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
-            if not doc or doc.get("leaseOwner") != claim.owner:
-                return False, None
-            return True, fields
+            done, write = claims.finish(doc, claim.owner, fields)
+            return done, fields if write else None
 
         ok = self._compare_and_set(ref, decide)
         if not ok:
@@ -337,7 +274,7 @@ class FirebaseStore:
     def record_missing(self, session: SessionRef, request: JobRequest) -> None:
         """A message for a session without a document: leave the user a visible error."""
         now = utcnow()
-        fields = self._failed_fields(
+        fields = claims.failed_fields(
             "The session was not found: its document did not exist when processing started.",
             "not_found",
             now,
@@ -357,6 +294,7 @@ class FirebaseStore:
         avoids Firestore transactions, whose pessimistic locks make N contending claims wait
         for lock timeouts and abort in lockstep.
         """
+        give_up = time.monotonic() + self._settings.io_deadline_seconds
 
         def attempt() -> T:
             snap = ref.get(retry=self._retry, timeout=self._timeout)
@@ -365,25 +303,40 @@ class FirebaseStore:
                 return result
             option = self._db.write_option(last_update_time=snap.update_time)
             try:
-                ref.update(fields, option=option, retry=self._retry, timeout=self._timeout)
+                # No automatic retry: if the write landed and only its reply was lost, a blind
+                # retry fails its precondition; re-reading lets ``decide`` recognise our write.
+                ref.update(fields, option=option, retry=None, timeout=self._timeout)
             except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound) as exc:
                 raise _WrittenMeanwhile from exc
+            except Exception as exc:
+                if not _unknown_outcome(exc) or time.monotonic() > give_up:
+                    raise
+                log.warning("conditional write got no answer (%s); re-reading", type(exc).__name__)
+                raise _NoAnswer from exc
             return result
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_WrittenMeanwhile),
+            retry=tenacity.retry_if_exception_type((_WrittenMeanwhile, _NoAnswer)),
             stop=tenacity.stop_after_attempt(_CAS_ATTEMPTS),
             wait=_cas_backoff,
         )
         try:
             return retrying(attempt)
-        except tenacity.RetryError:
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            if isinstance(last, _NoAnswer) and isinstance(last.__cause__, Exception):
+                raise last.__cause__ from None
             raise TransientError(
                 f"{ref.path} is changing too fast to update; retry later"
             ) from None
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)
+
+
+def _unknown_outcome(exc: BaseException) -> bool:
+    """A write failure after which the write may or may not have landed."""
+    return if_transient_error(exc) or isinstance(exc, gexc.DeadlineExceeded | TimeoutError)
 
 
 def _initialize_app(settings: Settings) -> firebase_admin.App:

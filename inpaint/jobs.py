@@ -18,7 +18,7 @@ from typing import Any
 from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
-from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore
+from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore, LeaseLostError
 from inpaint.logs import log_context
 from inpaint.pipeline import Model, Timings, repaint
 from inpaint.vocabulary import GenerationParams
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
 
 
+class ShutdownError(TransientError):
+    """The instance is shutting down (SIGTERM): the job gives its lease back for redelivery."""
+
+
 def handle_event(
     event: Any,
     store: Callable[[], FirebaseStore],
@@ -35,11 +39,13 @@ def handle_event(
     settings: Settings,
     *,
     trace_header: str | None = None,
+    shutdown: threading.Event | None = None,
 ) -> None:
     """Entry point for one CloudEvent; what happened goes to the log.
 
     Malformed events are acknowledged (returning normally), because redelivering them cannot
-    help; transient failures raise ``TransientError``.
+    help; transient failures raise ``TransientError``. Once ``shutdown`` is set no new job
+    starts (the event is answered 500, so it is redelivered to another instance).
     """
     try:
         request = parse_event(event, trace_header=trace_header)
@@ -58,7 +64,10 @@ def handle_event(
         sessionId=request.session.session_id,
         trace=trace,
     ):
-        JobRunner(settings, store(), model).run(request)
+        if shutdown is not None and shutdown.is_set():
+            log.warning("event refused: the instance is shutting down")
+            raise ShutdownError("the instance is shutting down; deliver again")
+        JobRunner(settings, store(), model, shutdown).run(request)
 
 
 def _event_id(event: Any) -> str | None:
@@ -72,11 +81,16 @@ class JobRunner:
     """Runs one claimed job end to end."""
 
     def __init__(
-        self, settings: Settings, store: FirebaseStore, model: Callable[[], Model]
+        self,
+        settings: Settings,
+        store: FirebaseStore,
+        model: Callable[[], Model],
+        shutdown: threading.Event | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._model = model
+        self._shutdown = shutdown or threading.Event()
 
     def run(self, request: JobRequest) -> None:
         # 1. The pipeline must be ready before we take a lease (else: 500, redelivery).
@@ -90,15 +104,21 @@ class JobRunner:
         timings = Timings()
         try:
             self._process(claim, model, timings)
+        except LeaseLostError as exc:
+            # 7a. Cancelled, re-queued or taken over: stop without writing; whoever owns the
+            # session now (the app, or the instance holding the lease) decides what happens.
+            log.warning("job stopped: %s", exc)
+            return
         except PermanentError as exc:
-            # 7a. The user's input is at fault: record it where the user sees it, acknowledge.
+            # 7b. The user's input is at fault: record it where the user sees it, acknowledge.
             log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
             self._store.fail(claim, exc.message, exc.code)
             return
         except Exception as exc:
-            # 7b. Ours or the platform's: release the lease, answer 500 so it is redelivered,
+            # 7c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
             # unless this was the last attempt the budget allows: then record the failure.
-            if claim.attempt >= self._settings.max_attempts and self._give_up(claim, exc):
+            last = claim.attempt >= self._settings.max_attempts
+            if last and not isinstance(exc, ShutdownError) and self._give_up(claim, exc):
                 return
             log.exception("job interrupted by a transient error; it will be retried")
             self._release(claim, exc)
@@ -108,7 +128,7 @@ class JobRunner:
 
     def _process(self, claim: Claim, model: Model, timings: Timings) -> None:
         s = self._settings
-        with Heartbeat(self._store, claim, s) as heartbeat:
+        with Heartbeat(self._store, claim, s, self._shutdown) as heartbeat:
             # 3. Parameters from the document (bounded), defaults otherwise.
             params = job_params(claim.document, claim.session.session_id, s)
             # 4. Inputs from Storage (size-checked before download).
@@ -124,11 +144,14 @@ class JobRunner:
                 timings=timings,
                 on_step=heartbeat.progress,
             )
-            # 6. Outputs first, then (lease checked) the status that points at them.
-            with timings.stage("upload"):
-                paths = self._store.upload_outputs(
-                    claim.session, result.edited_jpeg, result.preview_jpeg
-                )
+        # 6. The heartbeat is stopped and joined (no late lease write); outputs only while the
+        # lease is ours, then the status that points at them (lease checked again).
+        heartbeat.raise_if_lost()
+        self._store.check_lease(claim)
+        with timings.stage("upload"):
+            paths = self._store.upload_outputs(
+                claim.session, result.edited_jpeg, result.preview_jpeg
+            )
         prepared = result.prepared
         busy = timings.total()
         done = self._store.complete(
@@ -217,26 +240,49 @@ def _describe(exc: BaseException) -> str:
 
 
 class Heartbeat:
-    """Keeps the lease alive and publishes progress while a job runs.
+    """Keeps the lease alive and publishes progress while a job runs; the job's stop signal.
 
     A background thread writes at most every ``progress_interval_seconds`` (and at least three
-    times per lease), so a long denoising loop neither loses its lease nor floods Firestore.
+    times per lease), each write conditional on the lease still being ours. When it is not
+    (the app cancelled or re-queued, or another instance took over), or the instance is
+    shutting down, the next denoising step raises and the job stops before writing outputs.
+    Leaving the block stops the thread and waits for it, so no heartbeat lands after the job.
     """
 
-    def __init__(self, store: FirebaseStore, claim: Claim, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: FirebaseStore,
+        claim: Claim,
+        settings: Settings,
+        shutdown: threading.Event | None = None,
+    ) -> None:
         self._store = store
         self._claim = claim
         self._interval = max(
             0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3)
         )
+        self._shutdown = shutdown or threading.Event()
         self._progress: float | None = None
         self._sent: float | None = None
+        self._lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def progress(self, step: int, total: int) -> None:
-        """Pipeline step callback: (steps done, total)."""
+        """Pipeline step callback: (steps done, total); raises when the job must stop."""
+        self.raise_if_stopped()
         self._progress = min(1.0, max(0.0, step / max(total, 1))) * 0.95
+
+    def raise_if_lost(self) -> None:
+        """``LeaseLostError`` once the heartbeat found the lease gone."""
+        if self._lost is not None:
+            raise LeaseLostError(self._lost)
+
+    def raise_if_stopped(self) -> None:
+        """``LeaseLostError`` once the lease is gone, ``ShutdownError`` once SIGTERM came."""
+        self.raise_if_lost()
+        if self._shutdown.is_set():
+            raise ShutdownError("the instance is shutting down")
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -244,7 +290,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join()  # bounded by the I/O deadline of one heartbeat
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -252,5 +298,8 @@ class Heartbeat:
             try:
                 self._store.heartbeat(self._claim, progress)
                 self._sent = self._progress if progress is not None else self._sent
+            except LeaseLostError as exc:
+                self._lost = str(exc)
+                return
             except Exception as exc:  # the job goes on; the lease check at the end decides
                 log.warning("heartbeat failed: %s", _describe(exc))

@@ -64,6 +64,24 @@ def configure_logging(level: str = "INFO") -> None:
     _configured = True
 
 
+#: Libraries that attach their own plain-text handler to their top logger when imported.
+LIBRARY_LOGGERS = ("huggingface_hub", "transformers", "diffusers")
+
+
+def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
+    """Routes the named libraries' records through the JSON root handler only.
+
+    huggingface_hub adds a plain ``StreamHandler`` to its logger and still propagates, so each
+    of its warnings printed twice (plain, then JSON); transformers and diffusers print plain
+    only. Call after importing them (they install the handler on import).
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Adds ``fields`` to every record logged inside the block (nested blocks merge)."""

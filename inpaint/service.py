@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -171,6 +172,31 @@ class _Store:
 
 WARMUP = Warmup(load_and_warm)
 STORE = _Store()
+# Set on SIGTERM: no new job starts, and a running job gives its lease back at its next step.
+SHUTDOWN = threading.Event()
+
+
+def stop_on_sigterm() -> None:
+    """Sets ``SHUTDOWN`` on SIGTERM, then lets the server's own handler run (graceful exit).
+
+    Cloud Run sends SIGTERM and kills the instance 10 s later; a job that is still denoising
+    then releases its lease at its next step, so its redelivery need not wait the lease out.
+    Call it from the main thread of the serving process, after the server set its handlers.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if not SHUTDOWN.is_set():
+            log.warning("SIGTERM: taking no new jobs; a running job releases its lease")
+        SHUTDOWN.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
 
 os.register_at_fork(after_in_parent=WARMUP.abandon_if_loading, after_in_child=WARMUP.start)
 

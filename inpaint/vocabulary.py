@@ -13,6 +13,8 @@ from dataclasses import dataclass
 #: ``processingStatus`` of a session document: the app writes ``queued``; this service moves it
 #: to ``processing`` when it claims the job and to ``completed`` or ``failed`` at the end.
 QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
+#: The app may write ``cancelled`` on a queued or running session: the job stops, writes nothing.
+CANCELLED = "cancelled"
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, total steps)."""

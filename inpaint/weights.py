@@ -170,6 +170,10 @@ def download(dest: Path, quant: str, token: str | None) -> None:
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    from inpaint.logs import adopt_library_loggers
+
+    adopt_library_loggers()  # one JSON line per record, not a plain copy as well
+
     filename = gguf_repo_file(quant)
     dest = Path(dest)
     base = dest / "base"

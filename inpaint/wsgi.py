@@ -3,13 +3,16 @@
 ``functions_framework.create_app`` builds the CloudEvent app (it answers GET with 405), so the
 health target's routes are added to it. Event-level problems that a redelivery cannot fix (a body
 that is not a CloudEvent, a body over the size limit) are acknowledged with 200 and logged: any
-other status would make Pub/Sub redeliver them for a day.
+other status would make Pub/Sub redeliver them for a day. SIGTERM (Cloud Run stopping the
+instance) sets ``service.SHUTDOWN`` before gunicorn's own graceful exit: see
+``service.stop_on_sigterm``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import flask
@@ -21,6 +24,7 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
+from inpaint import service
 from inpaint.config import get_settings
 from inpaint.serving import EVENT_TARGET, HEALTH_TARGET
 
@@ -39,6 +43,9 @@ def create_app() -> flask.Flask:
     app.before_request(_refuse_long_streamed_body)
     for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
         app.register_error_handler(error, _acknowledge_bad_event)
+    if threading.current_thread() is threading.main_thread():
+        # gunicorn's worker has set its own SIGTERM handler by now (before loading the app).
+        service.stop_on_sigterm()
     return app
 
 

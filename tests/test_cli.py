@@ -19,7 +19,10 @@ def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "inpaint", *map(str, args)],
         cwd=ROOT,
-        env=os.environ | {"INPAINT_STEPS": "2", "INPAINT_WORK_MEGAPIXELS": "0.0625"} | (env or {}),
+        # INPAINT_DEVICE=cpu: the exact-output assertions hold for the CPU path, GPU or not.
+        env=os.environ
+        | {"INPAINT_STEPS": "2", "INPAINT_WORK_MEGAPIXELS": "0.0625", "INPAINT_DEVICE": "cpu"}
+        | (env or {}),
         capture_output=True,
         text=True,
         timeout=300,

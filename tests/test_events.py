@@ -70,8 +70,11 @@ def test_trace_from_traceparent_and_header():
         ("firestore_created.pb", "deleted", False),
     ],
 )
-def test_firestore_events_start_jobs_only_on_queued(sample, kind, starts):
-    result = parse(*eventlib.firestore_event("uf", "sf", sample, "fs-1", kind=kind))
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_firestore_events_start_jobs_only_on_queued(sample, kind, starts, as_json):
+    result = parse(
+        *eventlib.firestore_event("uf", "sf", sample, "fs-1", kind=kind, as_json=as_json)
+    )
     assert isinstance(result, JobRequest) is starts
     if starts:
         assert result.session == SessionRef("uf", "sf")
@@ -156,6 +159,12 @@ def test_unknown_event_type_is_rejected():
     headers["ce-type"] = "google.cloud.storage.object.v1.finalized"
     with pytest.raises(InvalidEventError, match="unsupported event type"):
         parse(headers, body)
+
+
+def test_firestore_json_event_that_is_not_a_document_event_is_rejected():
+    headers = eventlib.golden("firestore_headers.json") | {"content-type": "application/json"}
+    with pytest.raises(InvalidEventError, match="DocumentEventData"):
+        parse(headers, json.dumps({"value": {"fields": "not a map"}}).encode())
 
 
 def test_firestore_event_with_garbage_protobuf_is_rejected():

@@ -1,12 +1,18 @@
-"""Unit tests of the job parameter rules (whole jobs run in tests/e2e, on real servers)."""
+"""Unit tests of the job parameter rules and the job's stop signals (whole jobs run in
+tests/e2e, on real servers)."""
 
 from __future__ import annotations
+
+import itertools
+import threading
 
 import pytest
 
 from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
-from inpaint.jobs import MAX_SEED, _describe, job_params
+from inpaint.events import SessionRef
+from inpaint.firebase import Claim, ClaimOutcome, LeaseLostError
+from inpaint.jobs import MAX_SEED, Heartbeat, ShutdownError, _describe, handle_event, job_params
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 
@@ -60,3 +66,58 @@ def test_describe_is_one_short_line():
     text = _describe(RuntimeError("first line\nsecond line " + "x" * 1000))
     assert text.startswith("RuntimeError: first line") and "second" not in text
     assert _describe(TimeoutError()) == "TimeoutError"
+
+
+# --- lifecycle pieces that need no servers (the real-stack proofs are in tests/e2e) ------------
+
+
+class _LostLeaseStore:
+    """A store double whose heartbeat finds the lease gone."""
+
+    def __init__(self) -> None:
+        self.heartbeats = 0
+
+    def heartbeat(self, claim, progress) -> None:
+        self.heartbeats += 1
+        raise LeaseLostError("the app cancelled the job")
+
+
+def _claim() -> Claim:
+    return Claim(ClaimOutcome.ACQUIRED, SessionRef("u", "s"), owner="i:t", attempt=1)
+
+
+def test_a_lost_lease_stops_the_job_at_its_next_step_and_the_heartbeat_is_joined():
+    store = _LostLeaseStore()
+    settings = Settings(progress_interval_seconds=0.0)
+    heartbeat = Heartbeat(store, _claim(), settings)  # type: ignore[arg-type]
+    with pytest.raises(LeaseLostError, match="cancelled"), heartbeat:
+        for step in itertools.count(1):  # a denoising loop that only the heartbeat can stop
+            heartbeat.progress(step % 50, 50)
+    assert not heartbeat._thread.is_alive()  # joined: nothing can be written after the job
+    assert store.heartbeats == 1  # it stopped writing once the lease was gone
+
+
+def test_sigterm_stops_the_job_at_its_next_step():
+    shutdown = threading.Event()
+    heartbeat = Heartbeat(_LostLeaseStore(), _claim(), SETTINGS, shutdown)  # type: ignore[arg-type]
+    heartbeat.progress(1, 10)
+    shutdown.set()
+    with pytest.raises(ShutdownError):
+        heartbeat.progress(2, 10)
+    assert isinstance(ShutdownError("x"), TransientError)  # answered 500: redelivered
+
+
+def test_no_new_job_starts_once_the_instance_is_shutting_down():
+    from cloudevents.http import from_http
+
+    from tools import eventlib
+
+    shutdown = threading.Event()
+    shutdown.set()
+
+    def no_store():
+        raise AssertionError("no claim may be attempted during shutdown")
+
+    event = from_http(*eventlib.pubsub_binary("u", "s"))
+    with pytest.raises(ShutdownError):
+        handle_event(event, no_store, no_store, SETTINGS, shutdown=shutdown)

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings(model_dir, **overrides) -> Settings:
-    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "auto", "dtype": "auto"}
+    # CPU on purpose: these tests check the CPU path's exact behaviour, on a GPU machine too.
+    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "auto"}
     return Settings(**(values | overrides))
 
 
@@ -244,7 +245,8 @@ def test_sharded_text_encoder_needs_every_shard(tmp_path, tiny_model_dir):
 
 
 def test_device_and_dtype_selection(monkeypatch):
-    assert resolve_device("auto") == "cpu"  # no CUDA on the test machines
+    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"  # a machine without CUDA
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16

@@ -68,8 +68,12 @@ def pubsub_push(user, session, event_id=None):
     return {"content-type": "application/json"}, json.dumps(sample).encode()
 
 
-def firestore_event(user, session, sample="firestore_created.pb", event_id=None, *, kind="written"):
-    """(headers, protobuf body) of a Firestore event for users/{user}/sessions/{session}."""
+def firestore_event(
+    user, session, sample="firestore_created.pb", event_id=None, *, kind="written", as_json=False
+):
+    """(headers, body) of a Firestore event for users/{user}/sessions/{session}: protobuf, or
+    with ``as_json`` the JSON form a trigger created without ``--event-data-content-type``
+    sends."""
     decoded = DocumentEventData.deserialize(golden(sample))
     for part in ("value", "old_value"):
         if part in decoded:
@@ -84,4 +88,7 @@ def firestore_event(user, session, sample="firestore_created.pb", event_id=None,
         "ce-subject": f"documents/users/{user}/sessions/{session}",
         "ce-document": f"users/{user}/sessions/{session}",
     }
+    if as_json:
+        headers["content-type"] = "application/json"
+        return headers, DocumentEventData.to_json(decoded).encode()
     return headers, DocumentEventData.serialize(decoded)

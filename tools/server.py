@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 FAST_SETTINGS = {
     "INPAINT_QUANT": "Q8_0",
     "INPAINT_STEPS": "2",
+    "INPAINT_MAX_STEPS": "200",  # tests that act mid-job ask for long jobs (more on a GPU)
     "INPAINT_WARMUP_STEPS": "1",
     "INPAINT_WORK_MEGAPIXELS": "0.0625",
     "INPAINT_PROGRESS_INTERVAL_SECONDS": "0.2",
@@ -59,20 +60,20 @@ class ServerProcess:
         )
         return self
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(self.url + "/ready", timeout=2).status_code == 200:
+                if requests.get(self.url + "/ready", timeout=5).status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):  # not listening / still starting
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
 
-    def post(self, headers: dict, body: bytes, path: str = "/", timeout: float = 120):
+    def post(self, headers: dict, body: bytes, path: str = "/", timeout: float = 600):
         return requests.post(self.url + path, headers=headers, data=body, timeout=timeout)
 
     def get(self, path: str, timeout: float = 5):

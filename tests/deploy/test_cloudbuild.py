@@ -120,15 +120,30 @@ def build_script_words() -> list[str]:
     return shlex.split(script, comments=True)
 
 
-def docker_build_options() -> list[tuple[str, str]]:
+def docker_builds() -> list[list[tuple[str, str]]]:
+    """The options of every ``docker build`` in the build step's script, in order."""
     words = build_script_words()
-    start = next(i for i in range(len(words)) if words[i : i + 2] == ["docker", "build"])
-    options, rest = [], words[start + 2 :]
-    while rest and rest[0].startswith("-"):
-        options.append((rest[0], rest[1]))
-        rest = rest[2:]
-    assert rest == ["."], f"build context: {rest}"
-    return options
+    builds = []
+    for start in [i for i in range(len(words)) if words[i : i + 2] == ["docker", "build"]]:
+        options, rest = [], words[start + 2 :]
+        while rest and rest[0].startswith("-"):
+            options.append((rest[0], rest[1]))
+            rest = rest[2:]
+        assert rest[:1] == ["."], f"build context: {rest[:3]}"
+        builds.append(options)
+    return builds
+
+
+def docker_build_options() -> list[tuple[str, str]]:
+    """The build of the service image (the one tagged with $BUILD_ID)."""
+    (final,) = [b for b in docker_builds() if any("$BUILD_ID" in v for _, v in b)]
+    return final
+
+
+def weights_build_options() -> list[tuple[str, str]]:
+    """The build of the weights image (``--target weights-real``)."""
+    (weights,) = [b for b in docker_builds() if ("--target", "weights-real") in b]
+    return weights
 
 
 # --- gcloud help ------------------------------------------------------------------------------
@@ -291,10 +306,13 @@ def test_hf_token_comes_from_secret_manager_into_the_build_step_only():
 def test_token_reaches_docker_as_a_buildkit_secret_only():
     build = step("build")
     assert "DOCKER_BUILDKIT=1" in build.get("env", [])
-    options = docker_build_options()
+    assert not [o for o, _ in docker_build_options() if o == "--secret"], (
+        "the service image's build downloads nothing: it needs no secret"
+    )
+    options = weights_build_options()
     secrets = [key_values(v) for o, v in options if o == "--secret"]
     assert len(secrets) == 1 and secrets[0]["id"] == "hf_token"
-    for option, value in options:
+    for option, value in [o for b in docker_builds() for o in b]:
         if option == "--build-arg":
             name = value.split("=")[0].upper()
             assert not any(w in name for w in ("TOKEN", "SECRET", "KEY", "PASSWORD", "CREDENT"))
@@ -326,6 +344,41 @@ def test_build_tags_push_and_deploy_the_same_image():
     assert image in [resolve(i) for i in config()["images"]]
     assert resolve(flag_values(deploy_args())["image"]) == image
     assert repository.startswith("us-east4-docker.pkg.dev/my-project/")
+
+
+def test_weights_are_downloaded_once_per_revision_and_reused_from_their_own_image():
+    """A fresh worker has no layer cache, and :latest's inline cache cannot restore the weights
+    stage (it reaches the image only through COPY --from): the weights live in their own image,
+    built only when missing, and the service build copies /models from it."""
+    script = step("build")["args"][1]
+    weights_ref = resolve(
+        "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_SERVICE}-weights:"
+        "${_QUANT}-r${_WEIGHTS_REVISION}"
+    )
+    assert weights_ref == (
+        "us-east4-docker.pkg.dev/my-project/pawfect-edit/pawfect-edit-inpaint-weights:Q4_0-r1"
+    )
+    assignment = re.search(r"^\s*weights=(\S+)$", script, re.M)
+    assert assignment and resolve(assignment.group(1)) == weights_ref
+    guard = re.search(
+        r'if ! docker manifest inspect "\$\$weights" > /dev/null 2>&1; then(.*?)\n\s*fi\n',
+        script,
+        re.S,
+    )
+    assert guard, "the weights image is built only when it is missing"
+    assert "docker build" in guard.group(1) and 'docker push "$$weights"' in guard.group(1)
+    weights = dict(weights_build_options())
+    assert weights["--target"] == "weights-real"
+    assert weights["--tag"] == "$$weights"
+    final = docker_build_options()
+    args = [resolve(v) for o, v in final if o == "--build-arg"]
+    assert "WEIGHTS=image" in args and "WEIGHTS_IMAGE=$weights" in args
+    assert "BUILDKIT_INLINE_CACHE=1" in args
+
+    def quant(options: list[tuple[str, str]]) -> list[str]:
+        return [v for o, v in options if o == "--build-arg" and v.startswith("QUANT=")]
+
+    assert quant(final) == quant(weights_build_options()) == ["QUANT=${_QUANT}"]
 
 
 # --- deploy -------------------------------------------------------------------------------------
@@ -434,14 +487,19 @@ def test_every_gcloud_flag_exists():
 
 @needs_gcloud
 def test_flags_were_checked_against_the_gcloud_that_deploys():
-    """The deploy step pins google-cloud-cli to the version whose help this suite reads."""
+    """The deploy step pins a google-cloud-cli release (the registry keeps them about a year, so
+    the pin moves forward) that is not older than the gcloud whose help this suite reads."""
     image = step("deploy")["name"]
     match = re.fullmatch(r"gcr\.io/google\.com/cloudsdktool/google-cloud-cli:([\d.]+)-slim", image)
     assert match, image
     version_file = Path(os.path.realpath(GCLOUD)).parent.parent / "VERSION"
     if not version_file.is_file():
         pytest.skip("cannot tell the local gcloud version")
-    assert match.group(1) == version_file.read_text().strip()
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.strip().split("."))
+
+    assert version(match.group(1)) >= version(version_file.read_text())
 
 
 # --- the runbook's gcloud commands ------------------------------------------------------------

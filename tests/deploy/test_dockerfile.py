@@ -229,9 +229,65 @@ def test_secret_mount_is_required_and_used_outside_the_final_image():
 def test_only_the_weights_leave_the_stage_that_saw_the_secret():
     df = dockerfile()
     stage, _ = secret_runs()[0]
-    copies = [copy_parts(c) for s in df.ancestry(df.final) for c in s.all("COPY")]
-    from_secret_stage = [(src, dst) for opts, src, dst in copies if opts.get("from") == stage.name]
-    assert from_secret_stage == [(["/models"], "/models")]
+    every_copy = [(s, copy_parts(c)) for s in df.stages for c in s.all("COPY")]
+    from_secret_stage = [
+        (s.name, src, dst) for s, (opts, src, dst) in every_copy if opts.get("from") == stage.name
+    ]
+    assert from_secret_stage == [("weights-real", ["/models"], "/models")]
+    real = df.stage("weights-real")
+    assert real.base == "scratch" and [i.name for i in real.instructions] == ["COPY"]
+    final_copies = [copy_parts(c) for s in df.ancestry(df.final) for c in s.all("COPY")]
+    from_stages = [(opts["from"], src, dst) for opts, src, dst in final_copies if "from" in opts]
+    assert from_stages == [("weights", ["/models"], "/models")]
+
+
+# --- choosing the weights ---------------------------------------------------------------------
+
+
+def global_args() -> dict[str, str]:
+    return {k: v for i in dockerfile().preamble for k, v in i.args.items()}
+
+
+def test_no_syntax_directive_so_no_frontend_image_is_pulled():
+    """``# syntax=`` makes BuildKit pull a frontend image (Docker Hub); the built-in frontend of
+    Docker 20.10 supports the secret mount already."""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        assert not re.match(r"#\s*syntax\s*=", line, re.I), line
+
+
+def test_weights_stage_is_chosen_by_a_build_arg():
+    df = dockerfile()
+    assert global_args()["WEIGHTS"] == "real", "production weights by default"
+    weights = df.stage("weights")
+    assert weights.base == "weights-${WEIGHTS}" and not weights.instructions
+    for choice, maker in (("real", "download"), ("tiny", "tiny")):
+        stage = df.stage(f"weights-{choice}")
+        assert stage.base == "scratch", "a weights stage holds /models only"
+        ((options, sources, dest),) = [copy_parts(c) for c in stage.all("COPY")]
+        assert (options, sources, dest) == ({"from": maker}, ["/models"], "/models")
+    assert df.stage("weights-image").base == "${WEIGHTS_IMAGE}"
+    assert global_args()["WEIGHTS_IMAGE"] == "scratch"
+
+
+def test_tiny_weights_are_built_by_the_projects_builder():
+    (run,) = dockerfile().stage("tiny").all("RUN")
+    words = run_words(run)[1]
+    start = words.index("python")
+    assert words[start : start + 4] == ["python", "-m", "inpaint", "tiny"]
+    rest = words[start + 4 :]
+    assert rest[rest.index("--dest") + 1] == "/models"
+    assert rest[rest.index("--quant") + 1] == "${QUANT}"
+    assert not run_words(run)[0], "the tiny model needs no secret"
+
+
+def test_base_image_and_torch_index_are_build_args():
+    df = dockerfile()
+    assert df.stages[0].base == "${PYTHON_IMAGE}"
+    (install,) = [r for r in df.stage("deps").all("RUN") if "pip install" in r.value]
+    assert '--index-url "${TORCH_INDEX_URL}"' in install.value
+    assert {"PYTHON_IMAGE", "TORCH_INDEX_URL"} <= set(global_args())
 
 
 # --- the weights stage -------------------------------------------------------------------------
@@ -248,15 +304,57 @@ def test_weights_are_downloaded_by_the_projects_weights_command():
     assert quant_default in QUANTS
 
 
-def test_weights_stage_copies_only_the_modules_of_the_weights_command():
-    stage, _ = secret_runs()[0]
+@pytest.mark.parametrize("stage_name", ["download", "tiny"])
+def test_weights_stages_copy_only_the_modules_of_their_command(stage_name):
+    stage = dockerfile().stage(stage_name)
     sources = [src for c in stage.all("COPY") for src in copy_parts(c)[1]]
     assert sources, "the weights stage needs the weights command's modules"
     for source in sources:
-        assert source.startswith("inpaint/") and source.endswith(".py"), (
+        module = source.endswith(".py") or ((ROOT / source).is_dir() and source.endswith("/"))
+        assert source.startswith("inpaint/") and module and source != "inpaint/", (
             f"{source}: copying more than the modules the command needs would re-download the "
             "weights on unrelated code changes"
         )
+
+
+def copy_stage_sources(stage: Stage, dest: Path) -> None:
+    """Copies what the stage's COPY instructions copy (files and package folders)."""
+    for copy in stage.all("COPY"):
+        _, sources, target = copy_parts(copy)
+        for source in sources:
+            path = ROOT / source
+            assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
+            where = dest / target.removeprefix("./")
+            if path.is_dir():
+                shutil.copytree(path, where, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                where.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, where / path.name)
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "INPAINT_")) and k != "PYTHONPATH"
+    }
+    return env | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+
+
+def test_tiny_command_runs_with_only_the_copied_modules(tmp_path):
+    """Builds the tiny model with exactly the tiny stage's files: a module the builder imports
+    but the stage does not copy fails here before it fails a Docker build."""
+    copy_stage_sources(dockerfile().stage("tiny"), tmp_path / "src")
+    proc = subprocess.run(
+        [sys.executable, "-m", "inpaint", "tiny", "--dest", str(tmp_path / "m"), "--quant", "Q4_0"],
+        cwd=tmp_path / "src",
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "m" / "flux1-fill-dev-Q4_0.gguf").is_file()
 
 
 def test_weights_command_runs_with_only_the_copied_modules(tmp_path):

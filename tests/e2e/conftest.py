@@ -113,7 +113,7 @@ class Sessions:
         snap = self.db.document(f"users/{user}/sessions/{session}").get()
         return snap.to_dict() if snap.exists else None
 
-    def wait(self, user, session, statuses=("completed", "failed"), timeout=60.0) -> dict:
+    def wait(self, user, session, statuses=("completed", "failed"), timeout=300.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             doc = self.doc(user, session)

@@ -216,7 +216,7 @@ EVENT_CASES: dict[str, EventCase] = {
     ),
     "firestore-type-json-body": EventCase(
         lambda u, s: ({**PUBSUB_HEADERS, "ce-type": FIRESTORE_TYPE + "written"}, _ids(u, s)),
-        "must carry application/protobuf data",
+        "the Firestore event data is not a DocumentEventData",
     ),
     "firestore-garbage-protobuf": EventCase(
         _binary(
@@ -410,10 +410,10 @@ SESSION_CASES: dict[str, SessionCase] = {
     "seed-negative": SessionCase(PHOTO, MASK, {"seed": -1}, error=SEED_ERROR),
     "seed-2-to-the-40": SessionCase(PHOTO, MASK, {"seed": 2**40}, error=SEED_ERROR),
     "steps-zero": SessionCase(
-        PHOTO, MASK, {"steps": 0}, error="The steps must be a whole number from 1 to 50."
+        PHOTO, MASK, {"steps": 0}, error="The steps must be a whole number from 1 to 200."
     ),
     "steps-1000": SessionCase(
-        PHOTO, MASK, {"steps": 1000}, error="The steps must be a whole number from 1 to 50."
+        PHOTO, MASK, {"steps": 1000}, error="The steps must be a whole number from 1 to 200."
     ),
     "guidance-text": SessionCase(
         PHOTO, MASK, {"guidance": "high"}, error="The guidance must be a number from 0 to 100."

@@ -372,6 +372,14 @@ class LocalStack:
         finally:
             proxy.set_down(False)
 
+    def drop_reply_once(self, service: str, pattern: bytes) -> TcpProxy:
+        """Arms ``service``'s proxy to lose the reply of the next gRPC request containing
+        ``pattern`` (see ``TcpProxy.drop_reply_once``); returns the proxy for its counters."""
+        self._need(service)
+        proxy = self._proxies[service]
+        proxy.drop_reply_once(pattern)
+        return proxy
+
     # -- Pub/Sub ----------------------------------------------------------------------------
 
     def _publisher_client(self) -> Any:
@@ -422,12 +430,16 @@ class LocalStack:
         min_backoff_s: float = 1,
         max_backoff_s: float = 10,
         ack_deadline_s: int = 10,
+        retry_policy: bool = True,
     ) -> str:
         """Push subscription to ``endpoint``, created fresh (an old one of that name is deleted).
 
         The emulator POSTs the production push envelope (``{"message": {...}, "subscription"}``)
         and redelivers on anything but 200/201/204 or when no answer came within
-        ``ack_deadline_s``. It honours the retry policy only roughly (see the module docstring).
+        ``ack_deadline_s``. It honours the retry policy only roughly (see the module docstring;
+        measured here: with a policy of 1..2 s, a message refused twice was not pushed again
+        for minutes). ``retry_policy=False`` leaves the policy out: a refused message is then
+        pushed again about every second.
         """
         from google.api_core.exceptions import NotFound
         from google.protobuf import duration_pb2
@@ -446,11 +458,17 @@ class LocalStack:
                 "topic": self.create_topic(topic),
                 "push_config": {"push_endpoint": endpoint},
                 "ack_deadline_seconds": ack_deadline_s,
-                "retry_policy": {
-                    "minimum_backoff": duration(min_backoff_s),
-                    "maximum_backoff": duration(max_backoff_s),
-                },
             }
+            | (
+                {
+                    "retry_policy": {
+                        "minimum_backoff": duration(min_backoff_s),
+                        "maximum_backoff": duration(max_backoff_s),
+                    }
+                }
+                if retry_policy
+                else {}
+            )
         )
         return path
 

@@ -43,6 +43,70 @@ class _Pipe:
         return self.to_client if sock is self.client else self.to_up
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _H2Frames:
+    """Cuts one direction of an HTTP/2 (gRPC) byte stream into frames, for drop-reply-once."""
+
+    def __init__(self, preface: bool) -> None:
+        self._buf = bytearray()
+        self._skip = len(_H2_PREFACE) if preface else 0
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
+        """(type, flags, stream, payload) of each frame completed by ``data``."""
+        self._buf += data
+        if self._skip:
+            cut = min(self._skip, len(self._buf))
+            del self._buf[:cut]
+            self._skip -= cut
+        frames = []
+        while len(self._buf) >= 9:
+            end = 9 + int.from_bytes(self._buf[:3], "big")
+            if len(self._buf) < end:
+                break
+            stream = int.from_bytes(self._buf[5:9], "big") & 0x7FFFFFFF
+            frames.append((self._buf[3], self._buf[4], stream, bytes(self._buf[9:end])))
+            del self._buf[:end]
+        return frames
+
+
+class _ReplyDropper:
+    """Drop-reply-once for one gRPC connection: the request whose message contains a pattern
+    reaches the server, which handles it; its reply is swallowed and the connection reset once
+    the reply is complete. The client sees a failed call whose effect did happen."""
+
+    def __init__(self) -> None:
+        self.h2: bool | None = None  # unknown until the client's first bytes
+        self.up = _H2Frames(preface=False)
+        self.client = _H2Frames(preface=True)
+        self.stream: int | None = None  # the request whose reply is being dropped
+
+    def from_client(self, data: bytes, patterns: list[bytes]) -> None:
+        if self.h2 is None:
+            self.h2 = data.startswith(_H2_PREFACE[: len(data)])
+        if not self.h2:
+            return
+        for ftype, _flags, stream, payload in self.client.feed(data):
+            hit = next((p for p in patterns if ftype == 0 and p in payload), None)
+            if hit is not None and self.stream is None:
+                patterns.remove(hit)
+                self.stream = stream
+
+    def from_upstream(self, data: bytes) -> tuple[bool, bool]:
+        """(forward these bytes, reset the connection now)."""
+        if not self.h2:
+            return True, False
+        frames = self.up.feed(data)
+        if self.stream is None:
+            return True, False
+        ended = any(
+            stream == self.stream and (ftype == 3 or (ftype in (0, 1) and flags & 1))
+            for ftype, flags, stream, _ in frames
+        )
+        return False, ended
+
+
 class TcpProxy:
     """A selector-driven TCP proxy with an on/off switch, so outages keep the port and the data.
 
@@ -73,6 +137,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"proxy-{name}", daemon=True)
         self.connections_reset = 0
+        self._drop_patterns: list[bytes] = []  # drop-reply-once, see drop_reply_once()
+        self._droppers: dict[int, _ReplyDropper] = {}
+        self.replies_dropped = 0
 
     # -- control (any thread) -----------------------------------------------------------------
 
@@ -101,6 +168,36 @@ class TcpProxy:
     @property
     def down(self) -> bool:
         return self._down
+
+    def drop_reply_once(self, pattern: bytes) -> None:
+        """Arm once: the next gRPC request whose message contains ``pattern`` is forwarded and
+        handled, but its reply is dropped and the connection reset (a reply lost on the way).
+        ``replies_dropped`` counts the replies dropped so far."""
+        with self._lock:
+            self._drop_patterns.append(pattern)
+
+    def disarm(self) -> None:
+        """Forgets the drop-reply-once patterns that have not fired."""
+        with self._lock:
+            self._drop_patterns.clear()
+
+    @property
+    def drops_pending(self) -> int:
+        with self._lock:
+            return len(self._drop_patterns)
+
+    def _watch(self, pipe: _Pipe, sock: socket.socket, data: bytes) -> bool:
+        """Drop-reply-once bookkeeping for bytes read from ``sock``: False to not forward them."""
+        dropper = self._droppers.setdefault(id(pipe), _ReplyDropper())
+        if sock is pipe.client:
+            with self._lock:
+                dropper.from_client(data, self._drop_patterns)
+            return True
+        forward, reset = dropper.from_upstream(data)
+        if reset:
+            self.replies_dropped += 1
+            self._abort(pipe)
+        return forward
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -183,6 +280,7 @@ class TcpProxy:
     def _abort(self, pipe: _Pipe) -> None:
         """Drop both halves with RST: what clients see when the backend goes away."""
         self.connections_reset += 1
+        self._droppers.pop(id(pipe), None)
         for sock in (pipe.client, pipe.upstream):
             if self._masks.pop(sock, 0):
                 with contextlib.suppress(KeyError, ValueError, OSError):
@@ -192,6 +290,7 @@ class TcpProxy:
 
     def _finish(self, pipe: _Pipe) -> None:
         """Both directions ended cleanly: close without RST."""
+        self._droppers.pop(id(pipe), None)
         for sock in (pipe.client, pipe.upstream):
             if self._masks.pop(sock, 0):
                 with contextlib.suppress(KeyError, ValueError, OSError):
@@ -208,7 +307,10 @@ class TcpProxy:
         try:
             if events & selectors.EVENT_READ:
                 data = sock.recv(65536)
-                if data:
+                if data and not self._watch(pipe, sock, data):
+                    if pipe.client.fileno() < 0:  # reset after a dropped reply
+                        return
+                elif data:
                     pipe.outbox(peer).extend(data)
                 elif sock is pipe.client:
                     pipe.client_eof = True

@@ -1,0 +1,226 @@
+"""The claim rules as a pure state machine: document + request + now -> outcome + fields.
+
+Every delivery of an event asks "may I run this session's job now?". The answer depends on the
+session document (status, lease, attempts, which event last claimed it), on the delivery (its
+event ID, its age, the lease token this claim would write) and on the clock. Keeping the rules
+here, without I/O, lets a table-driven test cover every combination; ``firebase.py`` only reads
+the document and writes the returned fields with a precondition.
+
+Words used below:
+
+- A *request* is one thing the app asked for: the app sets ``processingStatus: "queued"`` (and
+  publishes a message). Each request has its own attempt budget; redeliveries of it, and other
+  events for the same request (a re-publish, a Firestore trigger) count against it.
+- A *lease* is ``leaseOwner`` (``instance:token``) + ``leaseExpiresAt``. The claim that wrote a
+  lease recognises it by its token, so a claim whose reply was lost still knows it won.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from inpaint.vocabulary import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
+
+
+class Outcome(enum.StrEnum):
+    """What a claim found; only ``ACQUIRED`` means "run the job"."""
+
+    ACQUIRED = "acquired"
+    COMPLETED = "already completed"
+    FAILED = "already failed for this event"
+    CANCELLED = "cancelled by the app"
+    BUSY = "processing elsewhere under an unexpired lease"
+    MISSING = "session document not found"
+    EXHAUSTED = "attempts exhausted"
+    EXPIRED = "event too old"
+
+
+class Lease(enum.StrEnum):
+    """The document's lease, seen from one claim of one instance."""
+
+    NONE = "none"
+    MINE = "written by this very claim"  # our write landed, its reply was lost
+    OURS_LIVE = "this instance's, its job still running here"
+    OURS_DEAD = "this instance's, its job no longer running"  # a release that could not land
+    OTHERS_LIVE = "another instance's, unexpired"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the rules need (from ``Settings``)."""
+
+    lease_seconds: float
+    max_attempts: int
+    max_event_age_seconds: float
+
+
+@dataclass(frozen=True)
+class Request:
+    """One delivery: its event, when the event was sent, and the lease token it would write."""
+
+    event_id: str
+    event_time: dt.datetime | None
+    owner: str  # "instance:token", unique per claim
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome, the fields to write (None: write nothing) and the attempt number."""
+
+    outcome: Outcome
+    fields: dict[str, Any] | None = None
+    attempt: int = 0
+
+
+def instance_of(owner: object) -> str:
+    """The instance part of a lease token (``instance:token``)."""
+    return str(owner or "").split(":", 1)[0]
+
+
+def lease_state(
+    doc: dict[str, Any], request: Request, now: dt.datetime, running: Collection[str]
+) -> Lease:
+    """Classifies the document's lease; ``running`` are the lease tokens of jobs running here."""
+    owner = doc.get("leaseOwner")
+    expires = doc.get("leaseExpiresAt")
+    if not owner or not isinstance(expires, dt.datetime):
+        return Lease.NONE
+    if owner == request.owner:
+        return Lease.MINE
+    if expires <= now:
+        return Lease.EXPIRED
+    if instance_of(owner) == instance_of(request.owner):
+        return Lease.OURS_LIVE if owner in running else Lease.OURS_DEAD
+    return Lease.OTHERS_LIVE
+
+
+def is_new_request(doc: dict[str, Any], event_id: str) -> bool:
+    """True when this delivery starts a request with a fresh budget.
+
+    The app queues a request by writing ``queued`` (new session or re-edit); a new event for a
+    ``failed`` session is the user's retry. Anything else (``processing`` with a dead lease) is
+    the same request delivered again.
+    """
+    status = doc.get("processingStatus")
+    if status in (None, QUEUED):
+        return True
+    return status == FAILED and doc.get("eventId") != event_id
+
+
+def attempts_so_far(doc: dict[str, Any], event_id: str) -> int:
+    """Attempts already spent on this delivery's request (0 for a new request)."""
+    if is_new_request(doc, event_id):
+        return 0
+    attempts = doc.get("attempts")
+    return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
+
+
+def decide(
+    doc: dict[str, Any] | None,
+    request: Request,
+    now: dt.datetime,
+    policy: Policy,
+    running: Collection[str] = (),
+) -> Decision:
+    """The claim's state machine (see the module docstring for the words)."""
+    if doc is None:
+        return Decision(Outcome.MISSING)
+    status = doc.get("processingStatus")
+    lease = lease_state(doc, request, now, running)
+    if status == PROCESSING and lease is Lease.MINE:
+        return Decision(Outcome.ACQUIRED, None, _int(doc.get("attempts")))
+    if status == COMPLETED:
+        return Decision(Outcome.COMPLETED)
+    if status == CANCELLED:
+        return Decision(Outcome.CANCELLED)
+    if status == FAILED and doc.get("eventId") == request.event_id:
+        return Decision(Outcome.FAILED)
+    if status == PROCESSING and lease in (Lease.OURS_LIVE, Lease.OTHERS_LIVE):
+        return Decision(Outcome.BUSY)
+    age = (now - request.event_time).total_seconds() if request.event_time else 0.0
+    if age > policy.max_event_age_seconds:
+        return Decision(Outcome.EXPIRED, expired_fields(request.event_id, age, policy, now))
+    spent = attempts_so_far(doc, request.event_id)
+    if spent >= policy.max_attempts:
+        reason = doc.get("lastError") or "a temporary error"
+        message = (
+            f"Processing failed after {spent} attempts; the last error was: {reason}. "
+            "Please try again later."
+        )
+        return Decision(Outcome.EXHAUSTED, failed_fields(message, "attempts_exhausted", now), spent)
+    return Decision(Outcome.ACQUIRED, claim_fields(request, spent + 1, now, policy), spent + 1)
+
+
+def claim_fields(
+    request: Request, attempt: int, now: dt.datetime, policy: Policy
+) -> dict[str, Any]:
+    """What a successful claim writes."""
+    return {
+        "processingStatus": PROCESSING,
+        "attempts": attempt,
+        "leaseOwner": request.owner,
+        "leaseExpiresAt": now + dt.timedelta(seconds=policy.lease_seconds),
+        "eventId": request.event_id,
+        "startedAt": now,
+        "updatedAt": now,
+        "progress": 0.0,
+        "errorMessage": None,
+        "errorCode": None,
+    }
+
+
+def failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
+    """A failure the user sees; the lease is cleared."""
+    return {
+        "processingStatus": FAILED,
+        "errorMessage": message,
+        "errorCode": code,
+        "failedAt": now,
+        "updatedAt": now,
+        "leaseOwner": None,
+        "leaseExpiresAt": None,
+    }
+
+
+def expired_fields(event_id: str, age: float, policy: Policy, now: dt.datetime) -> dict[str, Any]:
+    """The event waited longer than ``INPAINT_MAX_EVENT_AGE_SECONDS``."""
+    message = (
+        f"The request expired: it was sent {_duration(age)} ago, more than the limit of "
+        f"{_duration(policy.max_event_age_seconds)}. Please try again."
+    )
+    return failed_fields(message, "expired", now) | {"eventId": event_id}
+
+
+def owns(doc: dict[str, Any] | None, owner: str) -> bool:
+    """The lease is ``owner``'s and the job is still ``processing`` (else: stop, do not write)."""
+    if not doc:
+        return False
+    return doc.get("leaseOwner") == owner and doc.get("processingStatus") == PROCESSING
+
+
+def finish(doc: dict[str, Any] | None, owner: str, fields: dict[str, Any]) -> tuple[bool, bool]:
+    """A lease owner's final or lease write: (done, write needed).
+
+    Recognises its own earlier write whose reply was lost (every field already as written), so
+    a retried completion is not mistaken for a lost lease.
+    """
+    if owns(doc, owner):
+        return True, True
+    if doc and all(doc.get(key) == value for key, value in fields.items()):
+        return True, False
+    return False, False
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 60:.0f} minutes"

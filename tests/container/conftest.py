@@ -1,0 +1,238 @@
+"""Fixtures of the container tests: a real Docker engine (started by tools/image.py when none
+answers), the production image built from the repository's Dockerfile with the tiny weights and
+a marker secret, the local stack, and containers started from the image on the host network.
+
+A cold build takes minutes (mostly downloading and unpacking the CUDA torch packages), so it
+starts in a background thread as soon as collection is done, and the tests that need the image
+run last: the rest of the suite runs meanwhile. The engine is stopped at the end of the session
+if this session started it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Sessions
+from tools.image import ROOT, BuildResult, Engine, build, ensure_base
+from tools.server import FAST_SETTINGS
+from tools.stack import LocalStack, free_port
+
+TAG = "pawfect-edit-inpaint:test"
+BUILD_LOG = ROOT / "build" / "image-test-build.log"
+
+
+@dataclass
+class Built:
+    engine: Engine
+    result: BuildResult
+    marker: str  # the value of the hf_token secret the image was built with
+
+
+class Preparation:
+    """Starts the engine and builds the image in a thread; ``wait`` hands over the result."""
+
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.marker = f"hf_marker_{secrets.token_hex(12)}"
+        self.result: BuildResult | None = None
+        self.error: BaseException | None = None
+        self.timings: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="image-build", daemon=True)
+
+    def start(self) -> Preparation:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.engine.start()
+            self.timings["engine"] = time.monotonic() - started
+            base = ensure_base(self.engine)
+            self.timings["base"] = time.monotonic() - started - self.timings["engine"]
+            with tempfile.TemporaryDirectory(prefix="inpaint-secret-") as tmp:
+                secret = Path(tmp) / "hf_token"
+                secret.write_text(self.marker + "\n")
+                self.result = build(
+                    self.engine, tag=TAG, weights="tiny", secret_file=secret, base=base
+                )
+            self.timings["build"] = self.result.seconds
+            BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+            BUILD_LOG.write_text(self.result.log)
+        except BaseException as exc:  # handed to the tests that need the image
+            self.error = exc
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
+        return f"image preparation: {parts or 'not finished'} (build log: {BUILD_LOG})"
+
+    def wait(self) -> Built:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return Built(self.engine, self.result, self.marker)
+
+    def stop(self) -> None:
+        self._thread.join()
+        self.engine.stop()
+
+
+_PREPARATION: Preparation | None = None
+
+
+def _needs_image(item: pytest.Item) -> bool:
+    return "image" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The tests that need the image go last (it builds in the background meanwhile)."""
+    items[:] = [i for i in items if not _needs_image(i)] + [i for i in items if _needs_image(i)]
+
+
+def pytest_collection_finish(session) -> None:
+    global _PREPARATION
+    if _PREPARATION is None and any(_needs_image(i) for i in session.items):
+        _PREPARATION = Preparation().start()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _PREPARATION is not None:
+        _PREPARATION.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _PREPARATION is not None:
+        terminalreporter.write_line(_PREPARATION.summary())
+
+
+@pytest.fixture(scope="session")
+def image() -> Built:
+    """The image, tiny weights, built with a fresh marker value as the hf_token secret."""
+    global _PREPARATION
+    if _PREPARATION is None:
+        _PREPARATION = Preparation().start()
+    built = _PREPARATION.wait()
+    print(f"\nimage built in {built.result.seconds:.1f} s")
+    return built
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[LocalStack]:
+    with LocalStack(workdir=tmp_path_factory.mktemp("container-stack")) as running:
+        running.apply_env()
+        yield running
+        running.restore_env()
+
+
+@pytest.fixture(scope="module")
+def sessions(stack) -> Sessions:
+    from firebase_admin import firestore, storage
+
+    app = stack.firebase_app("container-tests")
+    return Sessions(firestore.client(app), storage.bucket(app=app))
+
+
+@dataclass
+class Container:
+    """One ``docker run -d`` of the image on the host network, serving on ``port``."""
+
+    engine: Engine
+    name: str
+    port: int
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=5)
+
+    def state(self) -> dict:
+        out = self.engine.docker("inspect", "--format", "{{json .State}}", self.name)
+        return json.loads(out.stdout)
+
+    def log_text(self) -> str:
+        proc = self.engine.docker("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def wait_ready(self, timeout: float = 180) -> list[tuple[int, int]]:
+        """Polls /health and /ready until /ready is 200; returns the (health, ready) pairs."""
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.state()["Running"]:
+                raise RuntimeError(f"container exited:\n{self.log_text()[-4000:]}")
+            try:
+                ready = self.get("/ready").status_code
+                seen.append((self.get("/health").status_code, ready))
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or the worker is still importing the app: the master has
+                # bound the port and queues the connection meanwhile.
+                time.sleep(0.1)
+                continue
+            if ready == 200:
+                return seen
+            if seen[-1][0] != 200:
+                raise RuntimeError(f"/health {seen[-1][0]}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"not ready after {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def stop(self, grace_s: int = 10) -> subprocess.CompletedProcess[str]:
+        return self.engine.docker("stop", "--time", str(grace_s), self.name, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def run_container(image, stack) -> Iterator[Callable[..., Container]]:
+    """Starts containers the way Cloud Run runs the image (read-only root filesystem, tmpfs
+    /tmp, $PORT), pointed at the local stack; all are removed at the end of the module."""
+    started: list[Container] = []
+
+    def run(**env: str) -> Container:
+        port = free_port()
+        name = f"inpaint-test-{uuid.uuid4().hex[:8]}"
+        # The image's own INPAINT_QUANT (the quantization its weights were built with) stays.
+        fast = {k: v for k, v in FAST_SETTINGS.items() if k != "INPAINT_QUANT"}
+        settings = stack.env | fast | {"PORT": str(port)} | env
+        argv = ["run", "--detach", "--name", name, "--network", "host", "--read-only"]
+        argv += ["--tmpfs", "/tmp:rw,nosuid,nodev,size=512m"]
+        for key, value in settings.items():
+            argv += ["--env", f"{key}={value}"]
+        image.engine.docker(*argv, TAG)
+        container = Container(image.engine, name, port)
+        started.append(container)
+        return container
+
+    yield run
+    for container in started:
+        image.engine.docker("rm", "--force", container.name, check=False)
+
+
+def run_in_image(built: Built, *command: str, network: str = "none") -> str:
+    """Runs a one-off command in the image (root filesystem read-only) and returns stdout."""
+    proc = built.engine.docker(
+        "run",
+        "--rm",
+        "--network",
+        network,
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        TAG,
+        *command,
+        timeout=300,
+    )
+    return proc.stdout

@@ -1,0 +1,182 @@
+"""Table-driven tests of the claim state machine (``inpaint.claims``, pure: no I/O).
+
+Every combination of status x lease x attempts x event x age is decided and compared with the
+table below; the real-stack tests in tests/e2e prove the same rules through Firestore.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pytest
+
+from inpaint import claims
+from inpaint.claims import Decision, Lease, Outcome, Policy, Request
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+POLICY = Policy(lease_seconds=180, max_attempts=5, max_event_age_seconds=86400)
+ME = "inst1:claim-token"
+OURS_OTHER_JOB = "inst1:other-job"
+OTHERS = "inst2:their-token"
+EVENT = "event-1"
+
+STATUSES = (None, "queued", "processing", "completed", "failed", "cancelled")
+LEASES = ("none", "mine", "ours live", "ours dead", "others live", "expired")
+ATTEMPTS = {"0": 0, "below": 2, "at budget": 5}
+EVENTS = ("same", "new")
+AGES = {"fresh": dt.timedelta(seconds=30), "too old": dt.timedelta(days=2)}
+
+# Rows: (status, lease) -> what happens. "new request": a fresh budget (the app queued it, or
+# a new event for a failed session); "same request": a redelivery, counted against the budget.
+# Age and budget then decide between EXPIRED, EXHAUSTED and ACQUIRED.
+NEW, SAME = "new request", "same request"
+
+
+def expected_rule(status: str | None, lease: str, event: str) -> str | Outcome:
+    if status in (None, "queued"):
+        return NEW
+    if status == "processing":
+        return {
+            "mine": "recognised",  # our write landed, its reply was lost
+            "ours live": Outcome.BUSY,
+            "others live": Outcome.BUSY,
+        }.get(lease, SAME)  # none, expired, ours dead (a release that could not land)
+    if status == "completed":
+        return Outcome.COMPLETED
+    if status == "cancelled":
+        return Outcome.CANCELLED
+    return Outcome.FAILED if event == "same" else NEW  # failed
+
+
+def make_doc(status, lease, attempts) -> dict:
+    doc: dict = {"attempts": attempts, "eventId": EVENT, "lastError": "TimeoutError"}
+    if status is not None:
+        doc["processingStatus"] = status
+    live, dead = NOW + dt.timedelta(seconds=60), NOW - dt.timedelta(seconds=1)
+    owner, expires = {
+        "none": (None, None),
+        "mine": (ME, live),
+        "ours live": (OURS_OTHER_JOB, live),
+        "ours dead": (OURS_OTHER_JOB, live),
+        "others live": (OTHERS, live),
+        "expired": (OTHERS, dead),
+    }[lease]
+    doc["leaseOwner"], doc["leaseExpiresAt"] = owner, expires
+    return doc
+
+
+def run(status, lease, attempts, event, age) -> Decision:
+    doc = make_doc(status, lease, ATTEMPTS[attempts])
+    request = Request(EVENT if event == "same" else "event-2", NOW - AGES[age], ME)
+    running = {ME} | ({OURS_OTHER_JOB} if lease == "ours live" else set())
+    return claims.decide(doc, request, NOW, POLICY, running)
+
+
+CASES = list(itertools.product(STATUSES, LEASES, ATTEMPTS, EVENTS, AGES))
+
+
+@pytest.mark.parametrize(("status", "lease", "attempts", "event", "age"), CASES)
+def test_every_combination_follows_the_table(status, lease, attempts, event, age):
+    decision = run(status, lease, attempts, event, age)
+    rule = expected_rule(status, lease, event)
+    spent = ATTEMPTS[attempts]
+    if rule == "recognised":
+        assert decision == Decision(Outcome.ACQUIRED, None, spent)  # no second write
+    elif isinstance(rule, Outcome):
+        assert decision == Decision(rule)  # acknowledged, nothing written
+    elif age == "too old":
+        assert decision.outcome is Outcome.EXPIRED
+        assert decision.fields["processingStatus"] == "failed"
+        assert decision.fields["errorCode"] == "expired"
+    elif rule == SAME and spent >= POLICY.max_attempts:
+        assert decision.outcome is Outcome.EXHAUSTED
+        assert decision.fields["errorCode"] == "attempts_exhausted"
+        assert decision.fields["leaseOwner"] is None
+    else:
+        attempt = 1 if rule == NEW else spent + 1
+        assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt
+        assert decision.fields == claims.claim_fields(
+            Request(decision.fields["eventId"], None, ME), attempt, NOW, POLICY
+        )
+
+
+def test_the_table_covers_every_dimension_the_issue_names():
+    assert len(CASES) == 6 * 6 * 3 * 2 * 2
+
+
+def test_a_missing_document_is_reported_not_created_here():
+    assert claims.decide(None, Request(EVENT, NOW, ME), NOW, POLICY) == Decision(Outcome.MISSING)
+
+
+def test_ten_re_edits_of_one_session_each_get_a_fresh_budget():
+    """The app re-queues a completed session: attempts restart at 1 every time."""
+    doc: dict = {"processingStatus": "queued"}
+    for edit in range(10):
+        request = Request(f"edit-{edit}", NOW, f"inst1:{edit}")
+        decision = claims.decide(doc, request, NOW, POLICY)
+        assert decision.outcome is Outcome.ACQUIRED and decision.attempt == 1
+        doc |= decision.fields | {"processingStatus": "completed", "leaseOwner": None}
+        doc["processingStatus"] = "queued"  # the app's next edit
+
+
+def test_redeliveries_of_one_request_spend_its_budget_then_fail_it():
+    doc: dict = {"processingStatus": "queued"}
+    for attempt in range(1, POLICY.max_attempts + 1):
+        decision = claims.decide(doc, Request(EVENT, NOW, f"inst1:{attempt}"), NOW, POLICY)
+        assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt
+        doc |= decision.fields | {"leaseExpiresAt": NOW, "lastError": "ServiceUnavailable"}
+    decision = claims.decide(doc, Request(EVENT, NOW, "inst1:last"), NOW, POLICY)
+    assert decision.outcome is Outcome.EXHAUSTED
+    assert (
+        "after 5 attempts; the last error was: ServiceUnavailable"
+        in (decision.fields["errorMessage"])
+    )
+
+
+def test_expired_message_names_the_age_and_the_limit():
+    old = Request(EVENT, NOW - dt.timedelta(hours=30), ME)
+    decision = claims.decide({"processingStatus": "queued"}, old, NOW, POLICY)
+    assert decision.fields["errorMessage"] == (
+        "The request expired: it was sent 30 hours ago, more than the limit of 24 hours. "
+        "Please try again."
+    )
+    assert decision.fields["eventId"] == EVENT
+
+
+@pytest.mark.parametrize(
+    ("lease", "state"),
+    [
+        ("none", Lease.NONE),
+        ("mine", Lease.MINE),
+        ("ours live", Lease.OURS_LIVE),
+        ("ours dead", Lease.OURS_DEAD),
+        ("others live", Lease.OTHERS_LIVE),
+        ("expired", Lease.EXPIRED),
+    ],
+)
+def test_lease_states(lease, state):
+    running = {ME} | ({OURS_OTHER_JOB} if lease == "ours live" else set())
+    doc = make_doc("processing", lease, 1)
+    assert claims.lease_state(doc, Request(EVENT, NOW, ME), NOW, running) is state
+
+
+COMPLETE = {"processingStatus": "completed", "updatedAt": NOW, "leaseOwner": None}
+
+
+@pytest.mark.parametrize(
+    ("doc", "result"),
+    [
+        ({"processingStatus": "processing", "leaseOwner": ME}, (True, True)),
+        # Our completion landed but its reply was lost: recognised, not written again.
+        ({"processingStatus": "completed", "updatedAt": NOW, "leaseOwner": None}, (True, False)),
+        # Someone else's completion, a cancel, a re-queue, a takeover, no document: lost.
+        ({"processingStatus": "completed", "updatedAt": NOW - dt.timedelta(1)}, (False, False)),
+        ({"processingStatus": "cancelled", "leaseOwner": ME}, (False, False)),
+        ({"processingStatus": "queued", "leaseOwner": ME}, (False, False)),
+        ({"processingStatus": "processing", "leaseOwner": OTHERS}, (False, False)),
+        (None, (False, False)),
+    ],
+)
+def test_finish_recognises_its_own_write_and_nothing_else(doc, result):
+    assert claims.finish(doc, ME, COMPLETE) == result
