@@ -159,6 +159,8 @@ def _decode_document_event(data: Any) -> DocumentEventData:
         if isinstance(data, bytes | bytearray):
             return DocumentEventData.deserialize(bytes(data))
         if isinstance(data, dict):
+            if not {"value", "oldValue", "old_value"} & data.keys():
+                raise ValueError("no document in the JSON data")
             return DocumentEventData.from_json(json.dumps(data), ignore_unknown_fields=True)
     except Exception as exc:  # protobuf raises DecodeError, ParseError and friends
         raise InvalidEventError("the Firestore event data is not a DocumentEventData") from exc

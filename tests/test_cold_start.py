@@ -18,7 +18,7 @@ def test_tiny_cold_start_reports_every_figure(tmp_path, tiny_model_dir):
     cmd = [sys.executable, "-m", "benchmarks.cold_start", "--scale", "tiny"]
     cmd += ["--model-dir", str(tiny_model_dir)]
     cmd += ["--size", "64", "--json", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     data = json.loads(out.read_text())
     modes = {r["mode"]: r for r in data["modes"]}

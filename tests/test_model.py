@@ -173,6 +173,7 @@ def test_generation_is_serialised(model):
 
 
 def test_warm_up_runs_and_caches_the_default_prompt(model):
+    model.load_text_encoders()  # loaded: then nothing but the cache can explain zero calls
     calls = EncoderCalls(model.pipe)
     try:
         model.warm_up()

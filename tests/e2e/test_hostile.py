@@ -216,7 +216,7 @@ EVENT_CASES: dict[str, EventCase] = {
     ),
     "firestore-type-json-body": EventCase(
         lambda u, s: ({**PUBSUB_HEADERS, "ce-type": FIRESTORE_TYPE + "written"}, _ids(u, s)),
-        "must carry application/protobuf data",
+        "the Firestore event data is not a DocumentEventData",
     ),
     "firestore-garbage-protobuf": EventCase(
         _binary(
