@@ -341,6 +341,30 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
 
 
+def test_weights_commands_embedding_step_runs_with_only_the_copied_modules(
+    tmp_path, tiny_model_dir
+):
+    """The weights command's step after the download (prompt embeddings), run offline on a copy
+    of the tiny model with exactly the download stage's files: a module it imports lazily but
+    the stage does not copy fails here, not in Cloud Build after a 17 GB download."""
+    stage, _ = secret_runs()[0]
+    copy_stage_sources(stage, tmp_path / "src")
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models)
+    command = ["weights", "--dest", str(models), "--quant", "Q8_0", "--embeddings-only"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "inpaint", *command],
+        cwd=tmp_path / "src",
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert "No module named 'inpaint" not in output, output
+    assert proc.returncode == 0, output
+
+
 def test_tiny_command_runs_with_only_the_copied_modules(tmp_path):
     """Builds the tiny model with exactly the tiny stage's files: a module the builder imports
     but the stage does not copy fails here before it fails a Docker build."""
