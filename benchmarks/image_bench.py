@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -29,14 +28,11 @@ from pathlib import Path
 
 import requests
 
+from tools.image import DATA_ROOT, Engine, build, ensure_base, step_states
+from tools.image_layers import layer_sizes
+from tools.stack import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools.image import DATA_ROOT, Engine, build, ensure_base, step_states  # noqa: E402
-from tools.image_layers import layer_sizes  # noqa: E402
-from tools.stack import free_port  # noqa: E402
-
 TAG = "pawfect-edit-inpaint:bench"
 # The real weights directory (docs: FACTS / the weights command): the GGUF transformer plus
 # base/ (T5-XXL encoder 9.52 GB in bf16, CLIP-L 0.246 GB, VAE 0.168 GB, configs/tokenizers).
