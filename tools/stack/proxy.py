@@ -280,24 +280,24 @@ class TcpProxy:
     def _abort(self, pipe: _Pipe) -> None:
         """Drop both halves with RST: what clients see when the backend goes away."""
         self.connections_reset += 1
-        self._droppers.pop(id(pipe), None)
-        for sock in (pipe.client, pipe.upstream):
-            if self._masks.pop(sock, 0):
-                with contextlib.suppress(KeyError, ValueError, OSError):
-                    self._sel.unregister(sock)
-            self._pipes.pop(sock, None)
+        for sock in self._forget(pipe):
             self._reset(sock)
 
     def _finish(self, pipe: _Pipe) -> None:
         """Both directions ended cleanly: close without RST."""
+        for sock in self._forget(pipe):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _forget(self, pipe: _Pipe) -> tuple[socket.socket, socket.socket]:
+        """Stops watching ``pipe``'s two sockets and returns them for closing."""
         self._droppers.pop(id(pipe), None)
         for sock in (pipe.client, pipe.upstream):
             if self._masks.pop(sock, 0):
                 with contextlib.suppress(KeyError, ValueError, OSError):
                     self._sel.unregister(sock)
             self._pipes.pop(sock, None)
-            with contextlib.suppress(OSError):
-                sock.close()
+        return pipe.client, pipe.upstream
 
     def _service(self, sock: socket.socket, events: int) -> None:
         pipe = self._pipes.get(sock)
