@@ -13,7 +13,6 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear
 from PIL import Image
 
-from inpaint import model as model_module
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
 from inpaint.model import InpaintModel, resolve_device, resolve_dtype
@@ -182,7 +181,7 @@ def test_warm_up_runs_and_caches_the_default_prompt(model):
     finally:
         calls.remove()
     assert calls.count == after_warm_up
-    assert (model.settings.default_prompt, model.max_sequence_length) in model._prompt_cache
+    assert model.prompts.is_cached(model.settings.default_prompt)
 
 
 def test_q4_0_file_loads_and_generates(tiny_model_dir):
@@ -245,7 +244,7 @@ def test_sharded_text_encoder_needs_every_shard(tmp_path, tiny_model_dir):
 
 
 def test_device_and_dtype_selection(monkeypatch):
-    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"  # a machine without CUDA
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
@@ -253,7 +252,7 @@ def test_device_and_dtype_selection(monkeypatch):
     assert resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="no CUDA"):
         resolve_device("cuda")
-    monkeypatch.setattr(model_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
 

@@ -90,7 +90,7 @@ class MoveSpy:
 
 def test_parked_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_dir):
     model = InpaintModel.load(settings(tiny_model_dir))
-    model.text_encoder_home = "cpu"  # what load() sets on a GPU with offload_text_encoders
+    model.prompts.text_encoder_home = "cpu"  # what load() sets on a GPU with offload_text_encoders
     model.load_text_encoders()  # on demand they load into their home: no move yet
     clip, t5 = MoveSpy(model.pipe.text_encoder), MoveSpy(model.pipe.text_encoder_2)
     first = model.generate(*inputs(), params(prompt="a dog on a sofa"))
@@ -105,7 +105,7 @@ def test_parked_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_model_d
     accelerator component for the execution device. Simulated by making the transformer and
     the VAE report a CUDA device while the text encoders stay on the CPU."""
     model = InpaintModel.load(settings(tiny_model_dir))
-    model.text_encoder_home = "cpu"
+    model.prompts.text_encoder_home = "cpu"
     model.load_text_encoders()
     cuda = property(lambda _self: torch.device("cuda"))
     monkeypatch.setattr(type(model.pipe.transformer), "device", cuda)

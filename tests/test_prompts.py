@@ -152,8 +152,8 @@ def test_a_custom_prompt_loads_the_encoders_once(tiny_model_dir):
     job(model, DEFAULT_PROMPT)
     assert model.text_encoder_loads == 1
     # The prompt cache still holds the computed prompts (and the precomputed default).
-    assert ("a dog on a sofa", model.max_sequence_length) in model._prompt_cache
-    assert (DEFAULT_PROMPT, model.max_sequence_length) in model._prompt_cache
+    assert model.prompts.is_cached("a dog on a sofa")
+    assert model.prompts.is_cached(DEFAULT_PROMPT)
 
 
 def test_background_loading_after_warm_up_is_a_setting(tiny_model_dir):

@@ -385,12 +385,7 @@ def test_weights_command_runs_with_only_the_copied_modules(tmp_path):
     """Copies exactly the weights stage's files and runs the command offline: no module is
     missing (the download itself then fails, offline, which is expected here)."""
     stage, run = secret_runs()[0]
-    sources = [src for c in stage.all("COPY") for src in copy_parts(c)[1]]
-    missing = [s for s in sources if not (ROOT / s).is_file()]
-    assert not missing, f"the Dockerfile copies files that do not exist: {missing}"
-    for source in sources:
-        (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / source, tmp_path / source)
+    copy_stage_sources(stage, tmp_path)
     env = {
         k: v
         for k, v in os.environ.items()

@@ -1,0 +1,49 @@
+"""FLUX.1-Fill-dev behind one small interface: load once, then ``generate`` per job.
+
+This package is the only product code that imports torch and diffusers, so everything else
+(event handling, imaging, Firestore) stays importable and testable without them. The transformer
+comes from a GGUF file (Q4_0 is 6.8 GB instead of 23 GB), everything else from a local diffusers
+copy of ``black-forest-labs/FLUX.1-Fill-dev`` written by ``python -m inpaint weights``; nothing is
+ever fetched from the Hub at run time (a missing file is a deployment error, named with its fix).
+
+Rooms: ``checks`` (files, device, dtype, attention backend: refused before loading),
+``encoders`` (prompt -> embeddings: cache, precomputed store, CLIP and T5 on demand) and
+``inpainter`` (``InpaintModel``: loading, speed-up settings, seeding, ``generate``).
+Importing any of them runs this file first, so the offline environment below is always set
+before diffusers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before diffusers/transformers are imported: they read these at import time. Offline, because
+# every file must come from the weights directory; no GGUF CUDA kernels, because diffusers would
+# download their code from the Hub at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
+
+from inpaint.model.checks import (
+    check_attention_backend,
+    check_model_files,
+    resolve_device,
+    resolve_dtype,
+    weights_command,
+)
+from inpaint.model.encoders import PromptEncoder, encode_with, load_text_pipeline
+from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel
+
+__all__ = [
+    "SIZE_MULTIPLE",
+    "WARMUP_SIZE",
+    "InpaintModel",
+    "PromptEncoder",
+    "check_attention_backend",
+    "check_model_files",
+    "encode_with",
+    "load_text_pipeline",
+    "resolve_device",
+    "resolve_dtype",
+    "weights_command",
+]

@@ -1,0 +1,325 @@
+"""``InpaintModel``: the loaded pipeline and the policies around it.
+
+Decisions made here and why:
+
+* One lock around all model work: the GPU holds one job at a time, and a second concurrent job
+  would only double memory and make both slower.
+* Prompt embeddings come from ``PromptEncoder`` (cache, precomputed store, CLIP and T5 loaded
+  on demand outside this lock).
+* Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
+  independently of which GPU ran it (up to kernel nondeterminism).
+* Speed-ups are settings, each off by default and measured one at a time by
+  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, regional
+  torch.compile (CUDA only), an attention backend, text encoders parked in CPU memory between
+  cache misses, and an approximate first-block step cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import torch
+from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from inpaint.config import Settings
+from inpaint.model.checks import (
+    check_attention_backend,
+    check_model_files,
+    resolve_device,
+    resolve_dtype,
+)
+from inpaint.model.encoders import Embeddings, PromptEncoder
+from inpaint.prompts import EmbeddingStore
+from inpaint.vocabulary import GenerationParams, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+# Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
+SIZE_MULTIPLE = 16
+WARMUP_SIZE = 256
+
+
+class InpaintModel:
+    """A loaded FluxFillPipeline plus the policies around it (lock, prompt cache, seeding)."""
+
+    device: str
+    dtype_name: str
+
+    def __init__(
+        self,
+        pipe: FluxFillPipeline,
+        settings: Settings,
+        device: str,
+        dtype: torch.dtype,
+        store: EmbeddingStore | None = None,
+    ) -> None:
+        """Wraps an already loaded pipeline; use ``load`` to build one from settings."""
+        self.pipe = pipe
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self.dtype_name = str(dtype).removeprefix("torch.")
+        self.quant = settings.quant
+        self.gguf_path = settings.gguf_path
+        self.dequantized = False
+        self.compiled = False
+        self.load_seconds = 0.0
+        self._lock = threading.RLock()
+        self.prompts = PromptEncoder(
+            pipe,
+            settings,
+            device,
+            dtype,
+            store or EmbeddingStore.open(settings.model_dir),
+            self._lock,
+        )
+
+    # The text side, as ``InpaintModel`` exposed it before ``PromptEncoder`` existed.
+    @property
+    def store(self) -> EmbeddingStore:
+        return self.prompts.store
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.prompts.max_sequence_length
+
+    @property
+    def text_encoders_loaded(self) -> bool:
+        return self.prompts.text_encoders_loaded
+
+    @property
+    def text_encoder_loads(self) -> int:
+        return self.prompts.loads
+
+    @property
+    def text_encoder_home(self) -> str | None:
+        return self.prompts.text_encoder_home
+
+    @property
+    def background_load(self) -> threading.Thread | None:
+        return self.prompts.background_load
+
+    def load_text_encoders(self) -> None:
+        """CLIP, T5 and their tokenizers from disk, once (``PromptEncoder.load_text_encoders``)."""
+        self.prompts.load_text_encoders()
+
+    def encode_prompt(self, prompt: str) -> Embeddings:
+        """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``; see ``PromptEncoder``."""
+        return self.prompts.encode(prompt, self.dtype_name)
+
+    @classmethod
+    def load(cls, settings: Settings) -> InpaintModel:
+        """Loads the GGUF transformer and the base pipeline from ``settings.model_dir``.
+
+        Raises ModelFilesMissingError (with the fix) before touching diffusers when a file is
+        missing, and ValueError for contradictory device settings.
+        """
+        store = EmbeddingStore.open(settings.model_dir)
+        check_model_files(settings, text_encoders=not store.text_encoders_omitted)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        on_gpu = device.startswith("cuda")
+        if settings.cpu_offload and settings.dequantize:
+            raise ValueError(
+                "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
+                "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
+            )
+        started = time.perf_counter()
+        # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(settings.gguf_path),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=str(settings.base_dir),
+            subfolder="transformer",
+            dtype=dtype,
+            local_files_only=True,
+        )
+        # Without CLIP and T5: they load on demand (``load_text_encoders``), or just below when
+        # the default prompt's embedding is not precomputed.
+        pipe = FluxFillPipeline.from_pretrained(
+            str(settings.base_dir),
+            transformer=transformer,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            dtype=dtype,
+            local_files_only=True,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        park_text_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
+        if settings.offload_text_encoders and not park_text_encoders:
+            logger.warning(
+                "INPAINT_OFFLOAD_TEXT_ENCODERS ignored: %s",
+                "INPAINT_CPU_OFFLOAD already offloads them"
+                if on_gpu
+                else f"the model runs on {device}",
+            )
+        if settings.cpu_offload and on_gpu:
+            pipe.enable_model_cpu_offload(device=device)
+        elif park_text_encoders:
+            # CLIP and T5 stay in CPU memory; encode_prompt brings them over for a cache miss.
+            pipe.transformer.to(device)
+            pipe.vae.to(device)
+        else:
+            if settings.cpu_offload:
+                logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
+            pipe.to(device)
+        model = cls(pipe, settings, device, dtype, store)
+        if park_text_encoders:
+            model.prompts.text_encoder_home = "cpu"
+        model.prompts.require_default(model.dtype_name)
+        if settings.dequantize:
+            model._dequantize()
+        model._configure_transformer(on_gpu)
+        model.load_seconds = time.perf_counter() - started
+        logger.info(
+            "model loaded",
+            extra={
+                "device": device,
+                "dtype": model.dtype_name,
+                "gguf": str(settings.gguf_path),
+                "dequantized": model.dequantized,
+                "compiled": model.compiled,
+                "textEncodersOffloaded": model.text_encoder_home is not None,
+                "textEncodersLoaded": model.text_encoders_loaded,
+                "loadSeconds": round(model.load_seconds, 2),
+            },
+        )
+        return model
+
+    def _dequantize(self) -> None:
+        """Replaces every GGUF linear layer by a dense one in the compute dtype, once.
+
+        GGUFLinear dequantizes its whole weight on every forward call; paying that once at load
+        makes each step cheaper at the price of the dense model's memory (~24 GB in bf16 for
+        FLUX, so only for large GPUs or CPU). Uses diffusers' own ``ModelMixin.dequantize``,
+        which runs where the transformer already lives (we moved it to ``device`` first).
+        """
+        transformer = self.pipe.transformer
+        if getattr(transformer, "hf_quantizer", None) is None:
+            return
+        transformer.dequantize()  # diffusers casts each weight to the layer's compute dtype
+        self.dequantized = True
+
+    def _configure_transformer(self, on_gpu: bool) -> None:
+        """Applies the optional attention backend, step cache and regional compilation.
+
+        Compilation comes last so it traces the final modules (dequantized layers, cache hooks).
+        ``fullgraph=False``: GGUF weights are tensor subclasses, and a graph break must cost
+        speed, never a failed job. Only on CUDA: on CPU, inductor compiles C++ for minutes and
+        the CPU path is for tests and demos.
+        """
+        transformer = self.pipe.transformer
+        settings = self.settings
+        if settings.attention_backend:
+            transformer.set_attention_backend(check_attention_backend(settings.attention_backend))
+        if settings.step_cache_threshold > 0:
+            from diffusers import FirstBlockCacheConfig
+
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache_threshold))
+        if settings.compile:
+            if on_gpu:
+                transformer.compile_repeated_blocks(fullgraph=False)
+                self.compiled = True
+            else:
+                logger.warning("INPAINT_COMPILE ignored: the model runs on %s", self.device)
+
+    def _step_cache_scope(self) -> contextlib.AbstractContextManager[Any]:
+        """The cache context diffusers' step caches need around the denoiser calls (Flux Fill's
+        pipeline does not open one itself; the pipeline resets the cache state at its end)."""
+        transformer = self.pipe.transformer
+        if getattr(transformer, "is_cache_enabled", False):
+            return transformer.cache_context("cond")
+        return contextlib.nullcontext()
+
+    def generate(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: GenerationParams,
+        on_step: ProgressCallback | None = None,
+    ) -> Image.Image:
+        """Inpaints the white area of ``mask`` in ``image``; returns RGB of ``image``'s size.
+
+        The caller chooses the working size (multiples of 16) and pastes the result back; we
+        only refuse what would make the pipeline silently resize or fail deep inside.
+        """
+        if params.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {params.steps}")
+        if image.size != mask.size:
+            raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
+        width, height = image.size
+        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width < 1 or height < 1:
+            raise ValueError(f"image size {image.size} must be positive multiples of 16")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        gray = mask if mask.mode == "L" else mask.convert("L")
+        total = params.steps
+
+        def step_end(
+            _pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(index + 1, total)
+            return {}
+
+        prompt_embeds, pooled = self.encode_prompt(params.prompt)  # may load encoders: unlocked
+        with self._lock:
+            generator = torch.Generator("cpu").manual_seed(params.seed)
+            # no_grad, not inference_mode: offload hooks move parameters during the call, and
+            # parameters turned into inference tensors would break later (grad-mode) use.
+            with torch.no_grad(), self._step_cache_scope():
+                result = self.pipe(
+                    image=rgb,
+                    mask_image=gray,
+                    height=height,
+                    width=width,
+                    guidance_scale=params.guidance,
+                    num_inference_steps=params.steps,
+                    max_sequence_length=self.max_sequence_length,
+                    generator=generator,
+                    prompt_embeds=prompt_embeds,
+                    pooled_prompt_embeds=pooled,
+                    output_type="pil",
+                    callback_on_step_end=step_end,
+                )
+        out: Image.Image = result.images[0]
+        if out.size != image.size:  # cannot happen for multiples of 16; never return a surprise
+            out = out.resize(image.size, Image.Resampling.LANCZOS)
+        return out if out.mode == "RGB" else out.convert("RGB")
+
+    def warm_up(self) -> None:
+        """One small inference so the first real job does not pay first-call costs (CUDA
+        context and kernel selection, allocator growth, lazy imports); it also caches the
+        default prompt's embeddings, which most jobs use."""
+        size = WARMUP_SIZE
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+        mask = Image.new("L", (size, size), 0)
+        mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+        params = GenerationParams(
+            prompt=self.settings.default_prompt,
+            seed=0,
+            steps=self.settings.warmup_steps,
+            guidance=self.settings.guidance,
+        )
+        started = time.perf_counter()
+        self.generate(image, mask, params)
+        logger.info(
+            "model warmed up",
+            extra={"warmupSeconds": round(time.perf_counter() - started, 2), "size": size},
+        )
+        if (
+            self.settings.text_encoders_background
+            and self.store.text_encoders_present
+            and not self.text_encoders_loaded
+        ):
+            self.prompts.load_in_background()
