@@ -47,8 +47,9 @@ fake-gcs-server 1.54.0, 2 cores):
   slower than the deadline.
 """
 
-from tools.stack.local import LocalStack, decode_push
+from tools.stack.local import LocalStack
 from tools.stack.proxy import TcpProxy
+from tools.stack.pubsub import decode_push
 from tools.stack.servers import SERVICES, StackError, free_port
 
 __all__ = ["SERVICES", "LocalStack", "StackError", "TcpProxy", "decode_push", "free_port"]

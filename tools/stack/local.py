@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import json
 import os
@@ -17,12 +16,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import firebase_admin
 
 from tools.stack.proxy import TcpProxy
+from tools.stack.pubsub import PubSubAdmin
 from tools.stack.servers import (
     HOST,
     SERVICES,
@@ -50,7 +50,7 @@ def _stop_all() -> None:
             stack.stop()
 
 
-class LocalStack:
+class LocalStack(PubSubAdmin):
     """Firestore, Cloud Storage and Pub/Sub servers on loopback, with proxies for outages.
 
     ``env`` holds the variables client libraries read (``FIRESTORE_EMULATOR_HOST``,
@@ -91,8 +91,6 @@ class LocalStack:
         self._ready = False
         self._saved_env: dict[str, str | None] | None = None
         self._apps: list[str] = []
-        self._publisher: Any = None
-        self._subscriber: Any = None
         self._lock = threading.RLock()
         self.timings: dict[str, float] = {}
 
@@ -198,11 +196,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop every server (whole process groups), close proxies, clients and the env."""
         with self._lock:
-            for client in (self._publisher, self._subscriber):
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        client.transport.close()
-            self._publisher = self._subscriber = None
+            self.close_pubsub_clients()
             if self._apps:
                 import firebase_admin
 
@@ -326,7 +320,7 @@ class LocalStack:
                 if status not in (200, 204, 404):
                     raise StackError(f"cannot delete gs://{self.bucket}/{name}: HTTP {status}")
         if pubsub and "pubsub" in self._servers:
-            self._reset_pubsub()
+            self.reset_pubsub()
 
     def list_objects(self) -> list[str]:
         """Names of all objects in the bucket (straight from the server)."""
@@ -343,15 +337,6 @@ class LocalStack:
             token = page.get("nextPageToken", "")
             if not token:
                 return names
-
-    def _reset_pubsub(self) -> None:
-        sub = self._subscriber_client()
-        pub = self._publisher_client()
-        project = f"projects/{self.project}"
-        for s in sub.list_subscriptions(request={"project": project}):
-            sub.delete_subscription(request={"subscription": s.name})
-        for t in pub.list_topics(request={"project": project}):
-            pub.delete_topic(request={"topic": t.name})
 
     # -- outages ----------------------------------------------------------------------------
 
@@ -380,120 +365,6 @@ class LocalStack:
         proxy.drop_reply_once(pattern)
         return proxy
 
-    # -- Pub/Sub ----------------------------------------------------------------------------
-
-    def _publisher_client(self) -> Any:
-        self._need("pubsub")
-        if self._publisher is None:
-            import grpc
-            from google.pubsub_v1 import PublisherClient
-            from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-
-            channel = grpc.insecure_channel(self.host("pubsub"))
-            self._publisher = PublisherClient(transport=PublisherGrpcTransport(channel=channel))
-        return self._publisher
-
-    def _subscriber_client(self) -> Any:
-        self._need("pubsub")
-        if self._subscriber is None:
-            import grpc
-            from google.pubsub_v1 import SubscriberClient
-            from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
-            channel = grpc.insecure_channel(self.host("pubsub"))
-            self._subscriber = SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-        return self._subscriber
-
-    def topic_path(self, topic: str) -> str:
-        return topic if topic.startswith("projects/") else f"projects/{self.project}/topics/{topic}"
-
-    def subscription_path(self, name: str) -> str:
-        if name.startswith("projects/"):
-            return name
-        return f"projects/{self.project}/subscriptions/{name}"
-
-    def create_topic(self, topic: str) -> str:
-        """Create ``topic`` (idempotent) and return its full path. Names need >= 3 chars."""
-        from google.api_core.exceptions import AlreadyExists
-
-        path = self.topic_path(topic)
-        with contextlib.suppress(AlreadyExists):
-            self._publisher_client().create_topic(request={"name": path})
-        return path
-
-    def create_push_subscription(
-        self,
-        topic: str,
-        name: str,
-        endpoint: str,
-        *,
-        min_backoff_s: float = 1,
-        max_backoff_s: float = 10,
-        ack_deadline_s: int = 10,
-        retry_policy: bool = True,
-    ) -> str:
-        """Push subscription to ``endpoint``, created fresh (an old one of that name is deleted).
-
-        The emulator POSTs the production push envelope (``{"message": {...}, "subscription"}``)
-        and redelivers on anything but 200/201/204 or when no answer came within
-        ``ack_deadline_s``. It honours the retry policy only roughly (see the module docstring;
-        measured here: with a policy of 1..2 s, a message refused twice was not pushed again
-        for minutes). ``retry_policy=False`` leaves the policy out: a refused message is then
-        pushed again about every second.
-        """
-        from google.api_core.exceptions import NotFound
-        from google.protobuf import duration_pb2
-
-        def duration(seconds: float) -> duration_pb2.Duration:
-            whole = int(seconds)
-            return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-        sub = self._subscriber_client()
-        path = self.subscription_path(name)
-        with contextlib.suppress(NotFound):
-            sub.delete_subscription(request={"subscription": path})
-        sub.create_subscription(
-            request={
-                "name": path,
-                "topic": self.create_topic(topic),
-                "push_config": {"push_endpoint": endpoint},
-                "ack_deadline_seconds": ack_deadline_s,
-            }
-            | (
-                {
-                    "retry_policy": {
-                        "minimum_backoff": duration(min_backoff_s),
-                        "maximum_backoff": duration(max_backoff_s),
-                    }
-                }
-                if retry_policy
-                else {}
-            )
-        )
-        return path
-
-    def delete_subscription(self, name: str) -> None:
-        """Stop pushes to an endpoint that is going away (a test's HTTP server)."""
-        from google.api_core.exceptions import NotFound
-
-        with contextlib.suppress(NotFound):
-            self._subscriber_client().delete_subscription(
-                request={"subscription": self.subscription_path(name)}
-            )
-
-    def publish(
-        self, topic: str, data: dict[str, Any], attributes: dict[str, str] | None = None
-    ) -> str:
-        """Publish ``data`` as JSON (UTF-8) and return the message id."""
-        payload = json.dumps(data, separators=(",", ":")).encode()
-        response = self._publisher_client().publish(
-            request={
-                "topic": self.topic_path(topic),
-                "messages": [{"data": payload, "attributes": attributes or {}}],
-            }
-        )
-        return str(response.message_ids[0])
-
     # -- Firebase ---------------------------------------------------------------------------
 
     def firebase_app(self, name: str | None = None) -> firebase_admin.App:
@@ -521,8 +392,3 @@ class LocalStack:
         )
         self._apps.append(app_name)
         return app
-
-
-def decode_push(envelope: dict[str, Any]) -> dict[str, Any]:
-    """The JSON payload of a Pub/Sub push envelope (helper for tests and demos)."""
-    return json.loads(base64.b64decode(envelope["message"]["data"]))
