@@ -28,7 +28,8 @@ from pathlib import Path
 
 import requests
 
-from tools.image import DATA_ROOT, Engine, build, ensure_base, step_states
+from tools.engine import DATA_ROOT, Engine
+from tools.image import build, ensure_base, step_states
 from tools.image_layers import layer_sizes
 from tools.stack import free_port
 

@@ -4,10 +4,8 @@ Why this exists: the Dockerfile is the artefact that gets deployed, so the test 
 and runs it (tests/container) instead of only reading it. This module does everything a fresh
 machine needs, as root, and nothing more:
 
-* installs Debian's ``docker.io``, ``debootstrap`` and ``iptables`` when the engine is missing;
-* starts ``dockerd`` with its own data root, socket and exec root when no engine answers (no
-  bridge, no iptables rules, no IP forwarding: build and run use the host network), and stops
-  only a daemon it started, by its PID;
+* gets a container engine from ``tools.engine`` (Debian's ``docker.io``, a ``dockerd`` of its
+  own when none answers, stopped again afterwards);
 * makes a local Debian 12 / Python 3.11 base image with ``debootstrap`` when the Python base
   image cannot be pulled, with this machine's locally added CA certificates (TLS to the package
   index goes through them here);
@@ -25,24 +23,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from tools.engine import DEBOOTSTRAP, DOCKER, Engine, ImageError, log, running_engine
+
 ROOT = Path(__file__).resolve().parent.parent
-DOCKER = Path("/usr/bin/docker")
-DOCKERD = Path("/usr/sbin/dockerd")
-DEBOOTSTRAP = Path("/usr/sbin/debootstrap")
-APT_PACKAGES = ("docker.io", "debootstrap", "iptables")
 PYTHON_IMAGE = "python:3.11-slim-trixie"
 LOCAL_BASE = "local/python:3.11-bookworm"
 DEBIAN_SUITE = "bookworm"
@@ -50,15 +44,10 @@ BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificate
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 DEFAULT_INDEX = "https://pypi.org/simple"
 DEFAULT_TAG = "pawfect-edit-inpaint:tiny"
-DATA_ROOT = Path(os.environ.get("INPAINT_DOCKER_ROOT", ROOT / "build" / "docker"))
 BASE_ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG=C.UTF-8",
 )
-
-
-class ImageError(RuntimeError):
-    """Something the image tooling cannot do; the message says what to install or check."""
 
 
 # --- pure helpers (table-tested in tests/container/test_image_tool.py) -----------------------
@@ -194,140 +183,6 @@ def step_output(log: str, title_part: str) -> list[str]:
     return lines
 
 
-# --- the engine -------------------------------------------------------------------------------
-
-
-def ensure_packages() -> None:
-    """Installs Debian's container engine and debootstrap when missing (root only)."""
-    missing = [p for p in (DOCKER, DOCKERD, DEBOOTSTRAP) if not p.exists()]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise ImageError(
-            f"missing {', '.join(map(str, missing))}: as root, apt-get install -y "
-            f"--no-install-recommends {' '.join(APT_PACKAGES)}"
-        )
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    _log(f"installing {' '.join(APT_PACKAGES)} (apt-get)")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-@dataclass
-class Engine:
-    """A Docker engine that answers: the one at DOCKER_HOST / the default socket, or a dockerd
-    started here (and stopped by ``stop``, which leaves any other daemon alone)."""
-
-    data_root: Path = DATA_ROOT
-    host: str = ""
-    log_path: Path | None = None
-    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def started_here(self) -> bool:
-        return self._proc is not None
-
-    def env(self) -> dict[str, str]:
-        env = os.environ | {"DOCKER_BUILDKIT": "1"}
-        if self.host:
-            env["DOCKER_HOST"] = self.host
-        return env
-
-    def answers(self) -> bool:
-        try:
-            proc = subprocess.run(
-                [str(DOCKER), "version", "--format", "{{.Server.Version}}"],
-                env=self.env(),
-                capture_output=True,
-                timeout=20,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return proc.returncode == 0
-
-    def start(self, timeout_s: float = 120) -> Engine:
-        ensure_packages()
-        if self.answers():
-            return self
-        self.data_root = self.data_root.resolve()
-        self.data_root.mkdir(parents=True, exist_ok=True)
-        # Short paths: a unix socket path may not exceed 107 bytes, and containerd puts its own
-        # sockets under the exec root.
-        key = hashlib.sha1(str(self.data_root).encode()).hexdigest()[:10]
-        run_dir = Path(f"/run/inpaint-docker-{key}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.host = f"unix://{run_dir}/docker.sock"
-        if self.answers():  # started by an earlier command with the same data root
-            return self
-        self.log_path = self.data_root.parent / "dockerd.log"
-        argv = [
-            str(DOCKERD),
-            f"--data-root={self.data_root}",
-            f"--exec-root={run_dir}/exec",
-            f"--pidfile={run_dir}/docker.pid",
-            f"--host={self.host}",
-            "--storage-driver=overlay2",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-            "--ip-forward=false",
-        ]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        while not self.answers():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                self.stop()
-                raise ImageError(f"dockerd did not start ({argv}):\n{tail}")
-            time.sleep(0.3)
-        return self
-
-    def stop(self) -> None:
-        """Stops the daemon if this object started it (SIGTERM to its PID, then SIGKILL)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    def __enter__(self) -> Engine:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def docker(
-        self, *args: str, check: bool = True, timeout: float = 600, **kwargs: object
-    ) -> subprocess.CompletedProcess[str]:
-        """Runs ``/usr/bin/docker ARGS`` against this engine, output captured as text."""
-        proc = subprocess.run(
-            [str(DOCKER), *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **kwargs,  # type: ignore[call-overload]
-        )
-        if check and proc.returncode != 0:
-            raise ImageError(f"docker {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def has_image(self, ref: str) -> bool:
-        return self.docker("image", "inspect", ref, check=False).returncode == 0
-
-
 # --- base image -------------------------------------------------------------------------------
 
 
@@ -359,7 +214,7 @@ def make_local_base(engine: Engine, tag: str = LOCAL_BASE) -> None:
     mirror = debian_mirror(read_apt_sources())
     if not mirror:
         raise ImageError(f"no Debian {DEBIAN_SUITE} mirror found in this machine's apt sources")
-    _log(f"making {tag} with debootstrap ({DEBIAN_SUITE})")
+    log(f"making {tag} with debootstrap ({DEBIAN_SUITE})")
     with tempfile.TemporaryDirectory(prefix="inpaint-rootfs-", dir=engine.data_root.parent) as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(
@@ -461,18 +316,6 @@ def build(
     return BuildResult(tag=tag, log=log, seconds=seconds)
 
 
-@contextlib.contextmanager
-def running_engine(data_root: Path = DATA_ROOT) -> Iterator[Engine]:
-    engine = Engine(data_root=data_root)
-    with engine:
-        yield engine
-
-
-def _log(message: str) -> None:
-    sys.stderr.write(f"[image] {message}\n")
-    sys.stderr.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -508,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t, s in step_states(result.log).items()
         if s == "DONE" and not t.startswith("[internal]") and " FROM " not in t
     ]
-    _log(f"built {result.tag} in {result.seconds:.1f} s ({int(size) / 1e9:.2f} GB); ran {ran}")
+    log(f"built {result.tag} in {result.seconds:.1f} s ({int(size) / 1e9:.2f} GB); ran {ran}")
     return 0
 
 

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tools.image import DOCKER, Engine, ImageError
+from tools.engine import DOCKER, Engine, ImageError
 
 
 def image_layers(engine: Engine, ref: str) -> list[dict[str, object]]:

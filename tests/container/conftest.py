@@ -25,7 +25,8 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Sessions
-from tools.image import ROOT, BuildResult, Engine, build, ensure_base
+from tools.engine import Engine
+from tools.image import ROOT, BuildResult, build, ensure_base
 from tools.server import FAST_SETTINGS
 from tools.stack import LocalStack, free_port
 
