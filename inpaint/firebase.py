@@ -287,51 +287,80 @@ class FirebaseStore:
     def _compare_and_set(
         self, ref: Any, decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]]
     ) -> T:
-        """Read, decide, write only if nobody wrote in between (optimistic concurrency).
+        """``compare_and_set`` on one Firestore document, its version being ``update_time``."""
 
-        The write carries the read's ``update_time`` as a precondition, so of N racing
-        claimants exactly one succeeds; the others re-read and see the winner's lease. This
-        avoids Firestore transactions, whose pessimistic locks make N contending claims wait
-        for lock timeouts and abort in lockstep.
-        """
-        give_up = time.monotonic() + self._settings.io_deadline_seconds
-
-        def attempt() -> T:
+        def read() -> tuple[dict[str, Any] | None, Any]:
             snap = ref.get(retry=self._retry, timeout=self._timeout)
-            result, fields = decide(snap.to_dict() if snap.exists else None)
-            if fields is None:
-                return result
-            option = self._db.write_option(last_update_time=snap.update_time)
-            try:
-                # No automatic retry: if the write landed and only its reply was lost, a blind
-                # retry fails its precondition; re-reading lets ``decide`` recognise our write.
-                ref.update(fields, option=option, retry=None, timeout=self._timeout)
-            except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound) as exc:
-                raise _WrittenMeanwhile from exc
-            except Exception as exc:
-                if not _unknown_outcome(exc) or time.monotonic() > give_up:
-                    raise
-                log.warning("conditional write got no answer (%s); re-reading", type(exc).__name__)
-                raise _NoAnswer from exc
-            return result
+            return (snap.to_dict() if snap.exists else None), snap.update_time
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((_WrittenMeanwhile, _NoAnswer)),
-            stop=tenacity.stop_after_attempt(_CAS_ATTEMPTS),
-            wait=_cas_backoff,
+        def write(fields: dict[str, Any], version: Any) -> None:
+            option = self._db.write_option(last_update_time=version)
+            # No automatic retry: if the write landed and only its reply was lost, a blind
+            # retry fails its precondition; re-reading lets ``decide`` recognise our write.
+            ref.update(fields, option=option, retry=None, timeout=self._timeout)
+
+        return compare_and_set(
+            read,
+            write,
+            decide,
+            give_up_at=time.monotonic() + self._settings.io_deadline_seconds,
+            what=ref.path,
         )
-        try:
-            return retrying(attempt)
-        except tenacity.RetryError as exc:
-            last = exc.last_attempt.exception()
-            if isinstance(last, _NoAnswer) and isinstance(last.__cause__, Exception):
-                raise last.__cause__ from None
-            raise TransientError(
-                f"{ref.path} is changing too fast to update; retry later"
-            ) from None
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)
+
+
+def compare_and_set(
+    read: Callable[[], tuple[dict[str, Any] | None, Any]],
+    write: Callable[[dict[str, Any], Any], None],
+    decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]],
+    *,
+    give_up_at: float,
+    what: str,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Callable[[tenacity.RetryCallState], float] = _cas_backoff,
+    attempts: int = _CAS_ATTEMPTS,
+) -> T:
+    """Read, decide, write only if nobody wrote in between (optimistic concurrency).
+
+    ``read`` returns the document and its version, ``write`` writes fields on condition that
+    the version is unchanged. Of N racing writers exactly one succeeds; the others re-read and
+    decide again (this avoids Firestore transactions, whose pessimistic locks make N contending
+    claims wait for lock timeouts and abort in lockstep). A write without an answer may have
+    landed, so it is never repeated blindly: the re-read lets ``decide`` recognise it. Gives up
+    with TransientError after ``attempts`` lost races, and re-raises a write error that is not
+    a lost race, or a lost answer once ``clock()`` passes ``give_up_at``.
+    """
+
+    def attempt() -> T:
+        document, version = read()
+        result, fields = decide(document)
+        if fields is None:
+            return result
+        try:
+            write(fields, version)
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.NotFound) as exc:
+            raise _WrittenMeanwhile from exc
+        except Exception as exc:
+            if not _unknown_outcome(exc) or clock() > give_up_at:
+                raise
+            log.warning("conditional write got no answer (%s); re-reading", type(exc).__name__)
+            raise _NoAnswer from exc
+        return result
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((_WrittenMeanwhile, _NoAnswer)),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=wait,
+    )
+    try:
+        return retrying(attempt)
+    except tenacity.RetryError as exc:
+        last = exc.last_attempt.exception()
+        if isinstance(last, _NoAnswer) and isinstance(last.__cause__, Exception):
+            raise last.__cause__ from None
+        raise TransientError(f"{what} is changing too fast to update; retry later") from None
 
 
 def _unknown_outcome(exc: BaseException) -> bool:
