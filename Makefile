@@ -10,9 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint fmt demo stack bench soak image image-bench clean
 
+# --no-compile: pip would byte-compile every installed module (about a minute on 2 cores);
+# Python compiles the ones a process really imports on first use instead.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install -q --no-compile -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

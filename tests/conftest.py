@@ -9,6 +9,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The image build runs beside the suite; registered here because the xdist controller
+    loads only this conftest."""
+    from tests.container.plugin import ImageBuildPlugin
+
+    config.pluginmanager.register(ImageBuildPlugin(config), "inpaint-image-build")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A weights directory (``base/`` + Q8_0 and Q4_0 GGUF files) holding the tiny random FLUX

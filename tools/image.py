@@ -130,15 +130,17 @@ def build_argv(
     base: str,
     torch_index: str,
     weights: str,
-    secret_file: Path,
+    secret_file: Path | None,
     quant: str | None = None,
     weights_image: str | None = None,
     target: str | None = None,
     context: Path = ROOT,
 ) -> list[str]:
-    """The ``docker build`` command line (host network: this engine runs without a bridge)."""
+    """The ``docker build`` command line (host network: this engine runs without a bridge).
+    ``secret_file=None``: no ``hf_token`` secret, like cloudbuild.yaml's service build."""
     argv = [str(DOCKER), "build", "--network", "host", "--progress", "plain"]
-    argv += ["--secret", f"id=hf_token,src={secret_file}"]
+    if secret_file is not None:
+        argv += ["--secret", f"id=hf_token,src={secret_file}"]
     argv += ["--build-arg", f"PYTHON_IMAGE={base}"]
     argv += ["--build-arg", f"TORCH_INDEX_URL={torch_index}"]
     argv += ["--build-arg", f"WEIGHTS={weights}"]
@@ -269,16 +271,18 @@ def build(
     context: Path = ROOT,
     base: str | None = None,
     echo: bool = False,
+    secret: bool = True,
 ) -> BuildResult:
     """Builds the Dockerfile in ``context`` and tags it; raises ImageError with the log tail.
-    ``echo`` copies the build's progress to stderr as it comes."""
+    ``echo`` copies the build's progress to stderr as it comes; ``secret=False`` passes no
+    ``hf_token`` secret at all (otherwise ``secret_file``, or a dummy one)."""
     base = base or ensure_base(engine)
     config = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
     ).stdout
     index = pip_index_url(parse_pip_config(config), dict(os.environ))
     with contextlib.ExitStack() as stack:
-        if secret_file is None:
+        if secret_file is None and secret:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="inpaint-secret-"))
             secret_file = Path(tmp) / "hf_token"
             secret_file.write_text("dummy-token-for-local-builds\n")

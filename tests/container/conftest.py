@@ -1,131 +1,33 @@
 """Fixtures of the container tests: a real Docker engine (started by tools/image.py when none
 answers), the production image built from the repository's Dockerfile with the tiny weights and
-a marker secret, the local stack, and containers started from the image on the host network.
-
-A cold build takes minutes (mostly downloading and unpacking the CUDA torch packages), so it
-starts in a background thread as soon as collection is done, and the tests that need the image
-run last: the rest of the suite runs meanwhile. The engine is stopped at the end of the session
-if this session started it.
+a marker secret (in the background: tests/container/plugin.py), the local stack, and containers
+started from the image on the host network.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.container.plugin import TAG, Built
 from tests.e2e.conftest import Sessions
 from tools.engine import Engine
-from tools.image import ROOT, BuildResult, build, ensure_base
 from tools.server import FAST_SETTINGS
 from tools.stack import LocalStack, free_port
 
-TAG = "pawfect-edit-inpaint:test"
-BUILD_LOG = ROOT / "build" / "image-test-build.log"
-
-
-@dataclass
-class Built:
-    engine: Engine
-    result: BuildResult
-    marker: str  # the value of the hf_token secret the image was built with
-
-
-class Preparation:
-    """Starts the engine and builds the image in a thread; ``wait`` hands over the result."""
-
-    def __init__(self) -> None:
-        self.engine = Engine()
-        self.marker = f"hf_marker_{secrets.token_hex(12)}"
-        self.result: BuildResult | None = None
-        self.error: BaseException | None = None
-        self.timings: dict[str, float] = {}
-        self._thread = threading.Thread(target=self._run, name="image-build", daemon=True)
-
-    def start(self) -> Preparation:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        try:
-            self.engine.start()
-            self.timings["engine"] = time.monotonic() - started
-            base = ensure_base(self.engine)
-            self.timings["base"] = time.monotonic() - started - self.timings["engine"]
-            with tempfile.TemporaryDirectory(prefix="inpaint-secret-") as tmp:
-                secret = Path(tmp) / "hf_token"
-                secret.write_text(self.marker + "\n")
-                self.result = build(
-                    self.engine, tag=TAG, weights="tiny", secret_file=secret, base=base
-                )
-            self.timings["build"] = self.result.seconds
-            BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
-            BUILD_LOG.write_text(self.result.log)
-        except BaseException as exc:  # handed to the tests that need the image
-            self.error = exc
-
-    def summary(self) -> str:
-        parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.timings.items())
-        return f"image preparation: {parts or 'not finished'} (build log: {BUILD_LOG})"
-
-    def wait(self) -> Built:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return Built(self.engine, self.result, self.marker)
-
-    def stop(self) -> None:
-        self._thread.join()
-        self.engine.stop()
-
-
-_PREPARATION: Preparation | None = None
-
-
-def _needs_image(item: pytest.Item) -> bool:
-    return "image" in getattr(item, "fixturenames", ())
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The tests that need the image go last (it builds in the background meanwhile)."""
-    items[:] = [i for i in items if not _needs_image(i)] + [i for i in items if _needs_image(i)]
-
-
-def pytest_collection_finish(session) -> None:
-    global _PREPARATION
-    if _PREPARATION is None and any(_needs_image(i) for i in session.items):
-        _PREPARATION = Preparation().start()
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    if _PREPARATION is not None:
-        _PREPARATION.stop()
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if _PREPARATION is not None:
-        terminalreporter.write_line(_PREPARATION.summary())
-
 
 @pytest.fixture(scope="session")
-def image() -> Built:
-    """The image, tiny weights, built with a fresh marker value as the hf_token secret."""
-    global _PREPARATION
-    if _PREPARATION is None:
-        _PREPARATION = Preparation().start()
-    built = _PREPARATION.wait()
+def image(pytestconfig) -> Built:
+    """The image, tiny weights, built with a fresh marker value as the hf_token secret (by
+    ``tests/container/plugin.py``, in the background since collection)."""
+    built = pytestconfig.pluginmanager.get_plugin("inpaint-image-build").built()
     print(f"\nimage built in {built.result.seconds:.1f} s")
     return built
 

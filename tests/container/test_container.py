@@ -9,7 +9,7 @@ import pytest
 
 from tests.container.conftest import TAG, run_in_image
 from tests.e2e.test_function import SIZE, assert_completed
-from tools.image import step_output, step_states
+from tools.image import build, ensure_base, step_output, step_states
 from tools.image_layers import find_in_image
 
 # The first test that needs the image may wait for a cold build (minutes) in its setup.
@@ -160,3 +160,43 @@ def test_weights_stage_logs_are_single_json_lines(image):
     assert len(plain) == 1 and plain[0].startswith("tiny model (diffusers, "), plain
     messages = [r["message"] for r in records]
     assert len(messages) == len(set(messages)), messages
+
+
+WEIGHTS_IMAGE_TAG = "pawfect-edit-inpaint-weights:test"
+FROM_WEIGHTS_IMAGE_TAG = "pawfect-edit-inpaint:test-from-weights-image"
+
+
+def models_listing(built, tag: str) -> list[str]:
+    """``sha256sum`` of every file under /models of ``tag``, sorted."""
+    proc = built.engine.docker(
+        "run", "--rm", "--network", "none", "--read-only", tag,
+        "sh", "-c", "cd /models && find . -type f -exec sha256sum {} + | sort -k 2",
+        timeout=300,
+    )  # fmt: skip
+    return proc.stdout.splitlines()
+
+
+def test_cloud_builds_two_step_weights_image_path_builds_without_a_secret(image):
+    """cloudbuild.yaml's path, with the tiny weights: the weights stage built as its own image
+    (``--target weights-<kind>``), then the service image with WEIGHTS=image from it and no
+    hf_token secret at all. No weights command runs in the second build, and /models is the
+    same as in the image built in one step."""
+    base = ensure_base(image.engine)
+    weights = build(
+        image.engine, tag=WEIGHTS_IMAGE_TAG, weights="tiny", target="weights-tiny", base=base
+    )
+    assert weights.tag == WEIGHTS_IMAGE_TAG
+    service = build(
+        image.engine,
+        tag=FROM_WEIGHTS_IMAGE_TAG,
+        weights="image",
+        weights_image=WEIGHTS_IMAGE_TAG,
+        base=base,
+        secret=False,
+    )
+    ran = [t for t, s in step_states(service.log).items() if s == "DONE"]
+    assert not [t for t in ran if "python -m inpaint" in t], ran
+    assert WEIGHTS_IMAGE_TAG in service.log  # /models came from the weights image
+    listing = models_listing(image, FROM_WEIGHTS_IMAGE_TAG)
+    assert any(line.endswith("flux1-fill-dev-Q4_0.gguf") for line in listing), listing
+    assert listing == models_listing(image, TAG)

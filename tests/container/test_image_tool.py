@@ -112,6 +112,21 @@ def test_build_argv_uses_debians_client_the_host_network_and_a_secret_file(tmp_p
     assert argv[-3:] == ["--tag", "t:1", str(tmp_path)]
 
 
+def test_build_argv_without_a_secret_file_passes_no_secret(tmp_path):
+    """cloudbuild.yaml's service build (WEIGHTS=image) has no token to give."""
+    argv = build_argv(
+        tag="t:1",
+        base="b",
+        torch_index="https://i.example/simple",
+        weights="image",
+        secret_file=None,
+        weights_image="w:1",
+        context=tmp_path,
+    )
+    assert "--secret" not in argv and not any("hf_token" in a for a in argv)
+    assert "WEIGHTS_IMAGE=w:1" in argv
+
+
 @pytest.mark.parametrize(
     ("created_by", "group"),
     [

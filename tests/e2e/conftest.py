@@ -4,10 +4,13 @@ loading code."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,11 +34,11 @@ def server_env(stack, tiny_model_dir) -> dict[str, str]:
     return stack.env | FAST_SETTINGS | {"INPAINT_MODEL_DIR": str(tiny_model_dir)}
 
 
-@pytest.fixture(scope="session")
-def start_server(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts (and finally stops) servers with extra settings; waits for /ready by default."""
+@contextlib.contextmanager
+def _servers(server_env: dict[str, str], logs: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """A starter of servers with extra settings (waits for /ready by default); on exit every
+    server it started is stopped, all at once (each takes a second or two to shut down)."""
     started: list[ServerProcess] = []
-    logs = tmp_path_factory.mktemp("server-logs")
 
     def start(wait: bool = True, **env: str) -> ServerProcess:
         server = ServerProcess(server_env | env, logs / f"server-{len(started)}.log")
@@ -44,9 +47,27 @@ def start_server(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerP
             server.wait_ready()
         return server
 
-    yield start
-    for server in started:
-        server.stop()
+    try:
+        yield start
+    finally:
+        stop_all(started)
+
+
+def stop_all(servers: list[ServerProcess]) -> None:
+    """Stops the servers in parallel."""
+    threads = [threading.Thread(target=s.stop, name="stop-server") for s in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def start_server(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts servers for one test module; they are stopped when the module is done, so idle
+    servers of earlier modules do not hold memory for the rest of the session."""
+    with _servers(server_env, tmp_path_factory.mktemp("server-logs")) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +174,17 @@ def inference_count(server: ServerProcess) -> int:
 
 
 @pytest.fixture(scope="session")
-def shared_server(start_server) -> ServerProcess:
+def shared_server(server_env, tmp_path_factory) -> Iterator[ServerProcess]:
     """One default-settings server for every module that needs nothing special (saves a start
     per module); tests that change its state restore it or use a dedicated server."""
-    return start_server()
+    with _servers(server_env, tmp_path_factory.mktemp("shared-server-logs")) as start:
+        yield start()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server_factory(server_env, tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
     """Creates servers *without starting them*: the port is fixed at creation, so a test can
-    point a push subscription at it first. All are stopped at the end of the session."""
+    point a push subscription at it first. All are stopped at the end of the module."""
     made: list[ServerProcess] = []
     logs = tmp_path_factory.mktemp("factory-server-logs")
 
@@ -175,8 +197,7 @@ def server_factory(server_env, tmp_path_factory) -> Iterator[Callable[..., Serve
         return server
 
     yield make
-    for server in made:
-        server.stop()
+    stop_all(made)
 
 
 def bucket_state(bucket) -> dict[str, tuple]:

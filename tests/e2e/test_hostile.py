@@ -440,7 +440,7 @@ def test_broken_sessions_end_in_the_expected_state(name, shared_server, sessions
     response = shared_server.post(*eventlib.pubsub_binary(user, session))
 
     assert response.status_code == 200, response.text  # acknowledged either way
-    doc = sessions.wait(user, session, timeout=30)
+    doc = sessions.wait(user, session, timeout=120)
     versions = blob_versions(sessions, user, session)
     assert {k: versions[k] for k in inputs} == inputs  # the inputs untouched
     if case.error is not None:

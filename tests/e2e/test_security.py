@@ -244,7 +244,7 @@ def test_event_body_limit_acknowledges_without_processing(chunked, limited, sess
     json.loads(body)  # a valid event, only too long
     claims = claims_by_session(limited).get(session, 0)
     data = (body[i : i + 1000] for i in range(0, len(body), 1000)) if chunked else body
-    response = requests.post(limited.url + "/", headers=headers, data=data, timeout=30)
+    response = requests.post(limited.url + "/", headers=headers, data=data, timeout=120)
     assert response.status_code == 200
     assert "not processed: Request Entity Too Large" in response.text
     assert sessions.doc(user, session)["processingStatus"] == "queued"
