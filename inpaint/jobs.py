@@ -122,7 +122,7 @@ class JobRunner:
                 return
             log.exception("job interrupted by a transient error; it will be retried")
             self._release(claim, exc)
-            raise TransientError(f"transient failure: {_describe(exc)}") from exc
+            raise TransientError(f"transient failure: {describe_error(exc)}") from exc
         finally:
             self._store.end(claim)
 
@@ -179,10 +179,10 @@ class JobRunner:
 
     def _give_up(self, claim: Claim, exc: BaseException) -> bool:
         """Marks the job failed after its last allowed attempt; False if that write fails."""
-        log.error("job failed on its last attempt: %s", _describe(exc), exc_info=exc)
+        log.error("job failed on its last attempt: %s", describe_error(exc), exc_info=exc)
         message = (
             f"Processing failed after {claim.attempt} attempts because of a temporary problem "
-            f"on our side ({_describe(exc)}). Please try again later."
+            f"on our side ({describe_error(exc)}). Please try again later."
         )
         try:
             return self._store.fail(claim, message, "attempts_exhausted")
@@ -192,7 +192,7 @@ class JobRunner:
 
     def _release(self, claim: Claim, exc: BaseException) -> None:
         try:
-            self._store.release(claim, _describe(exc))
+            self._store.release(claim, describe_error(exc))
         except Exception:
             log.exception("could not release the lease; it will expire on its own")
 
@@ -234,7 +234,8 @@ def job_params(document: dict[str, Any], session_id: str, settings: Settings) ->
     return GenerationParams(prompt=prompt.strip(), seed=seed, steps=steps, guidance=float(guidance))
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One short line for logs and the recorded error: the type and the first line of text."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -302,4 +303,4 @@ class Heartbeat:
                 self._lost = str(exc)
                 return
             except Exception as exc:  # the job goes on; the lease check at the end decides
-                log.warning("heartbeat failed: %s", _describe(exc))
+                log.warning("heartbeat failed: %s", describe_error(exc))

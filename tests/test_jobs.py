@@ -12,7 +12,14 @@ from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
 from inpaint.events import SessionRef
 from inpaint.firebase import Claim, ClaimOutcome, LeaseLostError
-from inpaint.jobs import MAX_SEED, Heartbeat, ShutdownError, _describe, handle_event, job_params
+from inpaint.jobs import (
+    MAX_SEED,
+    Heartbeat,
+    ShutdownError,
+    describe_error,
+    handle_event,
+    job_params,
+)
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 
@@ -63,9 +70,9 @@ def test_bad_parameters_are_permanent_errors_with_specific_messages(doc, message
 
 
 def test_describe_is_one_short_line():
-    text = _describe(RuntimeError("first line\nsecond line " + "x" * 1000))
+    text = describe_error(RuntimeError("first line\nsecond line " + "x" * 1000))
     assert text.startswith("RuntimeError: first line") and "second" not in text
-    assert _describe(TimeoutError()) == "TimeoutError"
+    assert describe_error(TimeoutError()) == "TimeoutError"
 
 
 # --- lifecycle pieces that need no servers (the real-stack proofs are in tests/e2e) ------------
