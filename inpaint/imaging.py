@@ -31,7 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from inpaint.decoding import ImageLimits, decode_mask, decode_photo
+from inpaint.decoding import ImageLimits
+
+# Re-exported: the decoding half of the pipeline's door (callers use imaging only).
+from inpaint.decoding import decode_inputs as decode_inputs
+from inpaint.decoding import decode_mask as decode_mask
+from inpaint.decoding import decode_photo as decode_photo
 
 #: Working sizes are multiples of this (FLUX: VAE factor 8 x patch size 2).
 WORK_MULTIPLE = 16
@@ -174,8 +179,7 @@ def prepare(
 
     See ``model_inputs`` for how the model's image and mask are made from the region.
     """
-    original = decode_photo(photo, limits)
-    binary = decode_mask(mask, original.size, limits)
+    original, binary = decode_inputs(photo, mask, limits)
     region = plan_region(binary, work_megapixels=work_megapixels, margin=margin, band_px=band_px)
     if region is None:
         return Prepared(original, binary, None, None, None)
@@ -194,15 +198,16 @@ def model_inputs(
     marked wherever any masked pixel falls (conservative: a 2 px leash survives a 4x downscale).
     """
     downscale = region.work_size[0] < region.size[0]
-    image = original.resize(
-        region.work_size,
-        Image.Resampling.LANCZOS if downscale else Image.Resampling.BICUBIC,
-        box=region.box,
-        reducing_gap=1.5 if downscale else None,
-    )
-    image.info = {}
-    small_mask = mask.resize(region.work_size, Image.Resampling.BOX, box=region.box)
-    return image, small_mask.point(_NONZERO_LUT)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-resize") as pool:
+        small_mask = pool.submit(mask.resize, region.work_size, Image.Resampling.BOX, region.box)
+        image = original.resize(
+            region.work_size,
+            Image.Resampling.LANCZOS if downscale else Image.Resampling.BICUBIC,
+            box=region.box,
+            reducing_gap=1.5 if downscale else None,
+        )
+        image.info = {}
+        return image, small_mask.result().point(_NONZERO_LUT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,10 +394,9 @@ def encode_outputs(edited: Image.Image) -> tuple[bytes, bytes]:
     """
     rgb = edited if edited.mode == "RGB" else edited.convert("RGB")
     icc = edited.info.get("icc_profile")
-    return (
-        _jpeg_bytes(rgb, EDITED_QUALITY, icc),
-        _jpeg_bytes(make_preview(rgb), PREVIEW_QUALITY, icc),
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview") as pool:
+        preview = pool.submit(lambda: _jpeg_bytes(make_preview(rgb), PREVIEW_QUALITY, icc))
+        return _jpeg_bytes(rgb, EDITED_QUALITY, icc), preview.result()
 
 
 def _jpeg_bytes(im: Image.Image, quality: int, icc: bytes | None) -> bytes:

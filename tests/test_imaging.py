@@ -574,6 +574,37 @@ def test_mask_of_other_aspect_is_rejected(
     assert info.value.code == "mask_mismatch"
 
 
+# decode_inputs: the two decodings side by side, same results and the same first error
+
+GOOD_PHOTO, GOOD_MASK = encode(noise((200, 150)), "JPEG"), encode(Image.new("L", (100, 75), 255))
+HTML = b"<html><body>not an image</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("photo", "mask", "error"),
+    [
+        (GOOD_PHOTO, GOOD_MASK, None),
+        (HTML, GOOD_MASK, "The photo "),
+        (GOOD_PHOTO, HTML, "The mask "),
+        (HTML, HTML, "The photo "),  # both bad: the photo's error, as when decoded in turn
+        (GOOD_PHOTO, encode(Image.new("L", (64, 64), 255)), "mask_mismatch"),
+    ],
+    ids=["both good", "photo bad", "mask bad", "both bad", "mask of another aspect"],
+)
+def test_decode_inputs_is_decode_photo_then_decode_mask(
+    photo: bytes, mask: bytes, error: str | None
+) -> None:
+    if error is None:
+        original, binary = imaging.decode_inputs(photo, mask, LIMITS)
+        expected = imaging.decode_photo(photo, LIMITS)
+        assert original.tobytes() == expected.tobytes()
+        assert binary.tobytes() == imaging.decode_mask(mask, expected.size, LIMITS).tobytes()
+        return
+    with pytest.raises((InvalidImageError, MaskMismatchError)) as info:
+        imaging.decode_inputs(photo, mask, LIMITS)
+    assert info.value.message.startswith(error) or info.value.code == error, info.value.message
+
+
 # --------------------------------------------------------------------------------------------
 # working size and region planning
 # --------------------------------------------------------------------------------------------
