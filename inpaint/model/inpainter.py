@@ -174,28 +174,28 @@ class InpaintModel:
             if settings.cpu_offload:
                 logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
             pipe.to(device)
-        model = cls(pipe, settings, device, dtype, store)
+        loaded = cls(pipe, settings, device, dtype, store)
         if park_text_encoders:
-            model.prompts.text_encoder_home = "cpu"
-        model.prompts.require_default(model.dtype_name)
+            loaded.prompts.text_encoder_home = "cpu"
+        loaded.prompts.require_default(loaded.dtype_name)
         if settings.dequantize:
-            model._dequantize()
-        model._configure_transformer(on_gpu)
-        model.load_seconds = time.perf_counter() - started
+            loaded._dequantize()
+        loaded._configure_transformer(on_gpu)
+        loaded.load_seconds = time.perf_counter() - started
         logger.info(
             "model loaded",
             extra={
                 "device": device,
-                "dtype": model.dtype_name,
+                "dtype": loaded.dtype_name,
                 "gguf": str(settings.gguf_path),
-                "dequantized": model.dequantized,
-                "compiled": model.compiled,
-                "textEncodersOffloaded": model.text_encoder_home is not None,
-                "textEncodersLoaded": model.text_encoders_loaded,
-                "loadSeconds": round(model.load_seconds, 2),
+                "dequantized": loaded.dequantized,
+                "compiled": loaded.compiled,
+                "textEncodersOffloaded": loaded.text_encoder_home is not None,
+                "textEncodersLoaded": loaded.text_encoders_loaded,
+                "loadSeconds": round(loaded.load_seconds, 2),
             },
         )
-        return model
+        return loaded
 
     def _dequantize(self) -> None:
         """Replaces every GGUF linear layer by a dense one in the compute dtype, once.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -17,12 +18,9 @@ class PubSubAdmin:
     """Topics, push subscriptions and publishing for one project on the Pub/Sub emulator."""
 
     project: str
+    host: Callable[[str], str]  # ``127.0.0.1:PORT`` of a service: the stack's method
     _publisher: Any = None
     _subscriber: Any = None
-
-    def host(self, service: str) -> str:
-        """``127.0.0.1:PORT`` of ``service``; the stack overrides it."""
-        raise NotImplementedError
 
     def close_pubsub_clients(self) -> None:
         """Closes the gRPC channels (they hold the proxy's port); new ones open on demand."""
