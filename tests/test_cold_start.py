@@ -33,3 +33,20 @@ def test_tiny_cold_start_reports_every_figure(tmp_path, tiny_model_dir):
     assert modes["before"]["text_encoders_loaded_at_ready"] is True
     assert modes["after"]["text_encoders_loaded_at_ready"] is False
     assert "ready_s" in done.stdout and data["meta"]["dtype"] == "float32"
+
+
+def test_probe_prints_each_figure_as_a_json_line(tiny_model_dir):
+    cmd = [sys.executable, "-m", "benchmarks.cold_start_probe", "--mode", "after"]
+    cmd += ["--model-dir", str(tiny_model_dir), "--quant", "Q8_0", "--dtype", "float32"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert [sorted(x) for x in lines] == [
+        ["import_s", "mode"],
+        ["load_s", "mode", "peak_rss_bytes", "read_bytes", "text_encoders_loaded"],
+        ["mode", "peak_rss_bytes", "read_bytes", "ready_s", "warmup_s"],
+    ]
+    load, ready = lines[1], lines[2]
+    assert load["text_encoders_loaded"] is False  # the tiny builder precomputed the default
+    assert load["load_s"] > 0 and ready["warmup_s"] > 0 and load["peak_rss_bytes"] > 0
+    assert ready["ready_s"] >= load["load_s"] and ready["read_bytes"] >= load["read_bytes"]
