@@ -4,10 +4,13 @@
 at full size on a 2-core CPU one bf16 step takes minutes, so that run can outlast a session.
 This probe runs the same start-up in this process (the same ``evict``, ``proc_io_read_bytes``
 and ``peak_rss_bytes``, the same ``InpaintModel.load`` and ``warm_up``) and stops at ``--until``
-(``load`` or ``ready``). Run one fresh process per mode::
+(``load``, ``ready``, or ``step``: then one default-prompt job of one step at 256 px). Each line
+also splits the resident memory of that moment into private memory and mapped file pages (the
+memory-mapped GGUF weights count as the latter: clean pages the kernel can drop and re-read).
+Run one fresh process per mode::
 
     python -m benchmarks.cold_start_probe --mode before --until load
-    python -m benchmarks.cold_start_probe --mode after --until ready
+    python -m benchmarks.cold_start_probe --mode after --warmup-steps 0 --until step
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ from benchmarks.cold_start import evict, peak_rss_bytes, proc_io_read_bytes
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def resident_bytes() -> dict[str, int]:
+    """This moment's resident memory: private (anonymous) and mapped file pages."""
+    fields = {"RssAnon:": "rss_anon_bytes", "RssFile:": "rss_file_bytes"}
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in fields:
+            found[fields[parts[0]]] = int(parts[1]) * 1024
+    return found
+
+
 def emit(**figures: object) -> None:
     print(json.dumps(figures), flush=True)
 
@@ -29,7 +43,8 @@ def emit(**figures: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("before", "after"), required=True)
-    parser.add_argument("--until", choices=("load", "ready"), default="ready")
+    parser.add_argument("--until", choices=("load", "ready", "step"), default="ready")
+    parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--quant", default="Q4_0")
     parser.add_argument("--dtype", default="bfloat16")
@@ -49,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         quant=args.quant,
         device="cpu",
         dtype=args.dtype,
-        warmup_steps=1,
+        warmup_steps=args.warmup_steps,
         prompt_embeddings=args.mode == "after",
     )
     evict(args.model_dir)
@@ -63,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         read_bytes=proc_io_read_bytes() - read0,
         peak_rss_bytes=peak_rss_bytes(),
         text_encoders_loaded=model.text_encoders_loaded,
+        **resident_bytes(),
     )
-    if args.until == "ready":
+    if args.until in ("ready", "step"):
         started = time.perf_counter()
         model.warm_up()
         warmup_s = time.perf_counter() - started
@@ -74,8 +90,32 @@ def main(argv: list[str] | None = None) -> int:
             ready_s=round(load_s + warmup_s, 2),
             read_bytes=proc_io_read_bytes() - read0,
             peak_rss_bytes=peak_rss_bytes(),
+            **resident_bytes(),
         )
+    if args.until == "step":
+        emit(mode=args.mode, **one_step(model, settings.default_prompt), **resident_bytes())
     return 0
+
+
+def one_step(model: object, prompt: str) -> dict[str, object]:
+    """One default-prompt job of one step at 256 px (the issue's "one step" figure)."""
+    from PIL import Image
+
+    from inpaint.model import WARMUP_SIZE
+    from inpaint.vocabulary import GenerationParams
+
+    size = WARMUP_SIZE
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    read0 = proc_io_read_bytes()
+    started = time.perf_counter()
+    model.generate(image, mask, GenerationParams(prompt=prompt, seed=0, steps=1, guidance=30.0))
+    return {
+        "step_s": round(time.perf_counter() - started, 2),
+        "step_read_bytes": proc_io_read_bytes() - read0,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 if __name__ == "__main__":

@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     dequantize: bool = Field(
         False, description="Dequantize GGUF weights once at load (faster steps, more memory)."
     )
-    warmup_steps: int = Field(2, ge=1, le=50)
+    warmup_steps: int = Field(
+        2,
+        ge=0,
+        le=50,
+        description="Steps of the warm-up inference before /ready; 0 skips it (ready once "
+        "loaded; the first job then pays the first-call costs and, on CPU, reads the weights).",
+    )
     prompt_cache_size: int = Field(32, ge=0, le=4096)
     prompt_embeddings: bool = Field(
         True,

@@ -184,6 +184,28 @@ def test_warm_up_runs_and_caches_the_default_prompt(model):
     assert model.prompts.is_cached(model.settings.default_prompt)
 
 
+def test_zero_warm_up_steps_skip_the_inference(model, tiny_model_dir, caplog):
+    """``INPAINT_WARMUP_STEPS=0``: ready once loaded, no inference; jobs still run."""
+    cold = InpaintModel(model.pipe, settings(tiny_model_dir, warmup_steps=0), "cpu", model.dtype)
+    calls = []
+    original = model.pipe.__class__.__call__
+
+    def counting(pipe, *args, **kwargs):
+        calls.append(kwargs.get("num_inference_steps"))
+        return original(pipe, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("INFO", "inpaint.model"):
+        patch.setattr(model.pipe.__class__, "__call__", counting)
+        cold.warm_up()
+        assert calls == [] and "model warmed up" not in caplog.text
+        out = cold.generate(*photo((32, 32)), params(steps=1))
+        warm = InpaintModel(
+            model.pipe, settings(tiny_model_dir, warmup_steps=1), "cpu", model.dtype
+        )
+        warm.warm_up()
+    assert out.size == (32, 32) and calls == [1, 1] and "model warmed up" in caplog.text
+
+
 def test_q4_0_file_loads_and_generates(tiny_model_dir):
     q4 = InpaintModel.load(settings(tiny_model_dir, quant="Q4_0"))
     layers = [m for m in q4.pipe.transformer.modules() if isinstance(m, GGUFLinear)]

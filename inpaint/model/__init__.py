@@ -7,8 +7,10 @@ copy of ``black-forest-labs/FLUX.1-Fill-dev`` written by ``python -m inpaint wei
 ever fetched from the Hub at run time (a missing file is a deployment error, named with its fix).
 
 Rooms: ``checks`` (files, device, dtype, attention backend: refused before loading),
-``encoders`` (prompt -> embeddings: cache, precomputed store, CLIP and T5 on demand) and
-``inpainter`` (``InpaintModel``: loading, speed-up settings, seeding, ``generate``).
+``encoders`` (prompt -> embeddings: cache, precomputed store, CLIP and T5 on demand),
+``mapped`` (the GGUF file as tensors viewing its memory map), ``layout`` (BFL names to
+diffusers', by views) and ``inpainter`` (``InpaintModel``: loading, speed-up settings, seeding,
+``generate``).
 Importing any of them runs this file first, so the offline environment below is always set
 before diffusers is imported.
 """
@@ -33,6 +35,8 @@ from inpaint.model.checks import (
 )
 from inpaint.model.encoders import PromptEncoder, encode_with, load_text_pipeline
 from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel
+from inpaint.model.layout import is_bfl_layout, to_diffusers_layout
+from inpaint.model.mapped import load_gguf_mapped
 
 __all__ = [
     "SIZE_MULTIPLE",
@@ -42,8 +46,11 @@ __all__ = [
     "check_attention_backend",
     "check_model_files",
     "encode_with",
+    "is_bfl_layout",
+    "load_gguf_mapped",
     "load_text_pipeline",
     "resolve_device",
     "resolve_dtype",
+    "to_diffusers_layout",
     "weights_command",
 ]

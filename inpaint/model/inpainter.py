@@ -36,6 +36,8 @@ from inpaint.model.checks import (
     resolve_dtype,
 )
 from inpaint.model.encoders import Embeddings, PromptEncoder
+from inpaint.model.layout import to_diffusers_layout
+from inpaint.model.mapped import load_gguf_mapped
 from inpaint.prompts import EmbeddingStore
 from inpaint.vocabulary import GenerationParams, ProgressCallback
 
@@ -135,8 +137,11 @@ class InpaintModel:
         # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+        # Views of the file's memory map, renamed to diffusers' layout by views as well: diffusers'
+        # own reader and converter would copy the file (and a third of it again) into private
+        # memory, doubling the load's peak (see ``mapped`` and ``layout``).
         transformer = FluxTransformer2DModel.from_single_file(
-            str(settings.gguf_path),
+            to_diffusers_layout(load_gguf_mapped(settings.gguf_path)),
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
             config=str(settings.base_dir),
             subfolder="transformer",
@@ -299,8 +304,19 @@ class InpaintModel:
 
     def warm_up(self) -> None:
         """One small inference so the first real job does not pay first-call costs (CUDA
-        context and kernel selection, allocator growth, lazy imports); it also caches the
-        default prompt's embeddings, which most jobs use."""
+        context and kernel selection, allocator growth, lazy imports, and on CPU reading the
+        memory-mapped weights). ``INPAINT_WARMUP_STEPS=0`` skips it: ready once loaded. The
+        default prompt's embeddings come from the store, or were computed at load."""
+        if self.settings.warmup_steps > 0:
+            self._warm_up_step()
+        if (
+            self.settings.text_encoders_background
+            and self.store.text_encoders_present
+            and not self.text_encoders_loaded
+        ):
+            self.prompts.load_in_background()
+
+    def _warm_up_step(self) -> None:
         size = WARMUP_SIZE
         image = Image.new("RGB", (size, size), (128, 128, 128))
         mask = Image.new("L", (size, size), 0)
@@ -317,9 +333,3 @@ class InpaintModel:
             "model warmed up",
             extra={"warmupSeconds": round(time.perf_counter() - started, 2), "size": size},
         )
-        if (
-            self.settings.text_encoders_background
-            and self.store.text_encoders_present
-            and not self.text_encoders_loaded
-        ):
-            self.prompts.load_in_background()
