@@ -34,7 +34,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inpaint.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,23 +82,33 @@ def evict(folder: Path) -> None:
                 os.close(fd)
 
 
+def mode_settings(
+    mode: str, model_dir: Path, *, quant: str, dtype: str, warmup_steps: int
+) -> Settings:
+    """The service's settings for ``mode`` on CPU: ``before`` turns the precomputed prompt off."""
+    from inpaint.config import Settings
+
+    return Settings(
+        model_dir=model_dir,
+        quant=quant,
+        device="cpu",
+        dtype=dtype,
+        warmup_steps=warmup_steps,
+        prompt_embeddings=mode == "after",
+    )
+
+
 def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this (fresh) process: load, warm up, a default-prompt job, a custom one."""
     from PIL import Image
 
-    from inpaint.config import Settings
     from inpaint.vocabulary import GenerationParams
 
     started = time.perf_counter()
     import inpaint.model as model_module  # torch/diffusers: the same in both modes
 
-    settings = Settings(
-        model_dir=args.model_dir,
-        quant=args.quant,
-        device="cpu",
-        dtype=args.dtype,
-        warmup_steps=args.steps,
-        prompt_embeddings=mode == "after",
+    settings = mode_settings(
+        mode, args.model_dir, quant=args.quant, dtype=args.dtype, warmup_steps=args.steps
     )
     import_s = time.perf_counter() - started
     evict(args.model_dir)

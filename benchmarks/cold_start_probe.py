@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.cold_start import evict, peak_rss_bytes, proc_io_read_bytes
+from benchmarks.cold_start import evict, mode_settings, peak_rss_bytes, proc_io_read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,16 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     import inpaint.model as model_module
-    from inpaint.config import Settings
 
     emit(mode=args.mode, import_s=round(time.perf_counter() - started, 2))
-    settings = Settings(
-        model_dir=args.model_dir,
+    settings = mode_settings(
+        args.mode,
+        args.model_dir,
         quant=args.quant,
-        device="cpu",
         dtype=args.dtype,
         warmup_steps=args.warmup_steps,
-        prompt_embeddings=args.mode == "after",
     )
     evict(args.model_dir)
     read0 = proc_io_read_bytes()
