@@ -47,30 +47,21 @@ RESIDENT = ["rss_anon_bytes", "rss_file_bytes"]
 
 
 def test_probe_prints_each_figure_as_a_json_line(tiny_model_dir):
-    lines = run_probe(tiny_model_dir)
+    """``--until step``: import, load, ready (after one warm-up step), then the one-step job."""
+    lines = run_probe(tiny_model_dir, "--warmup-steps", "1", "--until", "step")
     assert [sorted(x) for x in lines] == [
         ["import_s", "mode"],
         sorted(
             ["load_s", "mode", "peak_rss_bytes", "read_bytes", "text_encoders_loaded", *RESIDENT]
         ),
         sorted(["mode", "peak_rss_bytes", "read_bytes", "ready_s", "warmup_s", *RESIDENT]),
+        sorted(["mode", "peak_rss_bytes", "step_read_bytes", "step_s", *RESIDENT]),
     ]
-    load, ready = lines[1], lines[2]
+    load, ready, step = lines[1], lines[2], lines[3]
     assert load["text_encoders_loaded"] is False  # the tiny builder precomputed the default
     assert load["load_s"] > 0 and ready["warmup_s"] > 0 and load["peak_rss_bytes"] > 0
     assert ready["ready_s"] >= load["load_s"] and ready["read_bytes"] >= load["read_bytes"]
+    assert step["step_s"] > 0 and step["step_read_bytes"] >= 0
+    assert step["peak_rss_bytes"] >= ready["peak_rss_bytes"] >= load["peak_rss_bytes"]
     # The memory-mapped GGUF weights are file pages of the process, not private memory.
     assert all(line[key] > 0 for line in lines[1:] for key in RESIDENT)
-
-
-def test_probe_step_without_warm_up(tiny_model_dir):
-    """``--warmup-steps 0 --until step``: ready once loaded, then the one-step job's figures."""
-    lines = run_probe(tiny_model_dir, "--warmup-steps", "0", "--until", "step")
-    assert len(lines) == 4
-    ready, step = lines[2], lines[3]
-    assert ready["ready_s"] >= lines[1]["load_s"]
-    assert sorted(step) == sorted(
-        ["mode", "peak_rss_bytes", "step_read_bytes", "step_s", *RESIDENT]
-    )
-    assert step["step_s"] > 0 and step["step_read_bytes"] >= 0
-    assert step["peak_rss_bytes"] >= ready["peak_rss_bytes"]

@@ -31,6 +31,7 @@ def run_job(server, sessions, doc=None) -> tuple[str, str, dict]:
 def test_ready_without_text_encoders_and_they_load_once_for_custom_prompts(start_server, sessions):
     server = start_server()
     assert server.get("/ready").status_code == 200 and encoder_loads(server) == 0
+    assert "model warmed up" in [r.get("message") for r in log_records(server)]
     user, session, _ = run_job(server, sessions)  # the default prompt: precomputed
     assert_completed(sessions, user, session)
     assert encoder_loads(server) == 0
@@ -69,7 +70,11 @@ def no_encoder_weights(tiny_model_dir, tmp_path_factory) -> Path:
 def test_image_without_text_encoders_refuses_other_prompts_clearly(
     start_server, sessions, no_encoder_weights
 ):
-    server = start_server(INPAINT_MODEL_DIR=str(no_encoder_weights))
+    # Also INPAINT_WARMUP_STEPS=0: ready once loaded, without a warm-up inference.
+    server = start_server(INPAINT_MODEL_DIR=str(no_encoder_weights), INPAINT_WARMUP_STEPS="0")
+    assert server.get("/ready").status_code == 200
+    messages = [r.get("message") for r in log_records(server)]
+    assert "model ready" in messages and "model warmed up" not in messages
     user, session, _ = run_job(server, sessions)
     assert_completed(sessions, user, session)
     user, session, doc = run_job(server, sessions, {"prompt": CUSTOM})
