@@ -279,8 +279,9 @@ def test_device_and_dtype_selection(monkeypatch):
     assert resolve_device("cuda:1") == "cuda:1"
 
 
-def test_bfl_layout_gguf_loads_through_the_converter():
-    """The published files use BFL key names (width 3072): built once, cached in build/."""
+def test_bfl_layout_gguf_loads_and_generates():
+    """The published files use BFL key names (width 3072), renamed at load by views
+    (``inpaint.model.layout``): built once, cached in build/."""
     dest = ROOT / "build" / f"tiny-model-bfl-v{MODEL_VERSION}"
     build_tiny_model(dest, layout="bfl", quant="Q4_0")
     model = InpaintModel.load(settings(dest, quant="Q4_0"))
