@@ -1,10 +1,11 @@
 """Process-wide state of the serving process: the warmed pipeline and the Firebase store.
 
 The pipeline is loaded by a background thread that starts when ``main`` is imported, so the
-port is bound at once and ``/ready`` can answer 503 while the model loads; one warm-up inference
-must pass before ``/ready`` says 200. A load that fails for a reason a retry can fix is retried a
-few times; after that (or at once for missing files) warm-up has failed for good and ``/health``
-answers 503, so Cloud Run replaces the instance instead of feeding it events.
+port is bound at once and ``/ready`` can answer 503 while the model loads; the warm-up
+inference (``INPAINT_WARMUP_STEPS``; 0 skips it) must pass before ``/ready`` says 200. A load
+that fails for a reason a retry can fix is retried a few times; after that (or at once for
+missing files) warm-up has failed for good and ``/health`` answers 503, so Cloud Run replaces
+the instance instead of feeding it events.
 
 The loader runs in the process that serves requests: if the module was imported before a fork
 (functions-framework's CLI imports it in gunicorn's parent), the child starts its own loader and
@@ -137,7 +138,7 @@ class Warmup:
         return code, {"status": "unhealthy" if code == 503 else "ok", "model": self.state.value}
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        """Readiness: 200 only once the model is loaded and one inference has passed."""
+        """Readiness: 200 once the model is loaded and its warm-up inference (if any) passed."""
         self.start()
         body: dict[str, Any] = {"model": self.state.value}
         if self.error:
@@ -148,7 +149,7 @@ class Warmup:
 
 
 def load_and_warm(settings: Settings | None = None) -> Any:
-    """Loads the production pipeline and runs one small inference."""
+    """Loads the production pipeline and warms it up (one small inference unless disabled)."""
     from inpaint.model import InpaintModel  # torch is imported here, in the loader thread
 
     model = InpaintModel.load(settings or get_settings())

@@ -59,9 +59,9 @@ def test_probe_prints_each_figure_as_a_json_line(tiny_model_dir):
     ]
     load, ready, step = lines[1], lines[2], lines[3]
     assert load["text_encoders_loaded"] is False  # the tiny builder precomputed the default
-    assert load["load_s"] > 0 and ready["warmup_s"] > 0 and load["peak_rss_bytes"] > 0
+    assert load["load_s"] >= 0 and ready["warmup_s"] >= 0 and load["peak_rss_bytes"] > 0
     assert ready["ready_s"] >= load["load_s"] and ready["read_bytes"] >= load["read_bytes"]
-    assert step["step_s"] > 0 and step["step_read_bytes"] >= 0
+    assert step["step_s"] >= 0 and step["step_read_bytes"] >= 0
     assert step["peak_rss_bytes"] >= ready["peak_rss_bytes"] >= load["peak_rss_bytes"]
-    # The memory-mapped GGUF weights are file pages of the process, not private memory.
+    # The split itself (that the weights are file pages) is proven in test_model_mapped.py.
     assert all(line[key] > 0 for line in lines[1:] for key in RESIDENT)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
 from inpaint import randmodel
 from inpaint.model import is_bfl_layout, to_diffusers_layout
 from inpaint.randmodel.bfl import diffusers_to_bfl
+from inpaint.randmodel.spec import FULL_TRANSFORMER_CONFIG
 
 
 def random_state() -> dict[str, torch.Tensor]:
-    """A diffusers-named state of the tiny BFL-width spec (3072 wide, one block of each kind)."""
+    """A small diffusers-named state: width 32, two blocks of each kind, random values."""
     config = {k: v for k, v in randmodel.transformer_config("bfl").items() if not k.startswith("_")}
     config |= {"num_layers": 2, "num_single_layers": 2, "attention_head_dim": 8}
     config |= {"num_attention_heads": 4, "joint_attention_dim": 16, "pooled_projection_dim": 8}
@@ -73,3 +76,39 @@ def test_an_unknown_tensor_leaves_the_conversion_to_diffusers(caplog):
         assert to_diffusers_layout(bfl) is bfl
     assert "double_blocks.0.something_new.weight" in caplog.text
     assert "diffusers converts it" in caplog.text
+
+
+def real_rows_bfl_state(*, guidance: bool) -> dict[str, torch.Tensor]:
+    """BFL names with the real row counts (diffusers' converter hard-codes width 3072 and MLP
+    ratio 4) and three blocks of each kind; two columns per matrix keep it small."""
+    config = {k: v for k, v in FULL_TRANSFORMER_CONFIG.items() if not k.startswith("_")}
+    config |= {"num_layers": 3, "num_single_layers": 3, "guidance_embeds": guidance}
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in FluxTransformer2DModel(**config).state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    state = {
+        name: torch.randn((shape[0], 2) if len(shape) == 2 else shape, generator=generator)
+        for name, shape in shapes.items()
+    }
+    return diffusers_to_bfl(state)
+
+
+@pytest.mark.parametrize(
+    ("guidance", "prefix"), [(True, ""), (False, ""), (True, "model.diffusion_model.")]
+)
+def test_same_tensors_as_diffusers_converter(guidance, prefix):
+    bfl = {prefix + k: v for k, v in real_rows_bfl_state(guidance=guidance).items()}
+    expected = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    got = to_diffusers_layout(dict(bfl))
+    assert sorted(got) == sorted(expected) and got is not bfl
+    assert ("time_text_embed.guidance_embedder.linear_1.weight" in got) is guidance
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_a_gap_in_block_numbers_leaves_the_conversion_to_diffusers(caplog):
+    bfl = diffusers_to_bfl(random_state())
+    bfl = {k.replace("double_blocks.1.", "double_blocks.2."): v for k, v in bfl.items()}
+    with caplog.at_level(logging.WARNING, logger="inpaint.model.layout"):
+        assert to_diffusers_layout(bfl) is bfl
+    assert "double blocks numbered [0, 2]" in caplog.text

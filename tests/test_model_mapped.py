@@ -42,7 +42,7 @@ def mapped_ranges(path: Path) -> list[tuple[int, int]]:
 
 def inside(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
     start = tensor.data_ptr()
-    end = start + tensor.untyped_storage().nbytes()
+    end = start + tensor.numel() * tensor.element_size()
     return any(low <= start and end <= high for low, high in ranges)
 
 

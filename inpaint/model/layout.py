@@ -46,11 +46,12 @@ def to_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def _convert(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     src = {name.removeprefix(PREFIX): tensor for name, tensor in state.items()}
-    table = flux_names(
-        block_indices(src, "double_blocks."),
-        block_indices(src, "single_blocks."),
-        guidance="guidance_in.in_layer.weight" in src,
-    )
+    double = block_indices(src, "double_blocks.")
+    single = block_indices(src, "single_blocks.")
+    for kind, found in (("double", double), ("single", single)):
+        if found != list(range(len(found))):  # a gap: let diffusers' converter report it
+            raise KeyError(f"{kind} blocks numbered {found[:8]}, not 0..{len(found) - 1}")
+    table = flux_names(double, single, guidance="guidance_in.in_layer.weight" in src)
     out: dict[str, torch.Tensor] = {}
     for entry in table:
         if isinstance(entry, Scale):
