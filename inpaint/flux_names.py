@@ -2,15 +2,19 @@
 
 The random model's writer (``randmodel.diffusers_to_bfl``) and the model loader
 (``model.to_diffusers_layout``, by views) both walk it, in its order (which is the BFL files'
-tensor order), so the two directions cannot drift apart. Torch-free: it only names tensors.
+tensor order), so the two directions cannot drift apart.
 Mirrors diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``, against which both
-directions are tested.
+directions are tested. Torch is imported only by ``Swapped.swap``, when it runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 SUFFIXES = ("weight", "bias")
 
@@ -55,6 +59,14 @@ class Swapped:
 
     diffusers: str
     bfl: str
+
+    @staticmethod
+    def swap(tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor with its row halves exchanged (self-inverse: both directions use it)."""
+        import torch
+
+        first, second = tensor.chunk(2, dim=0)
+        return torch.cat([second, first], dim=0)
 
 
 Entry = Move | Scale | Fused | Swapped

@@ -62,10 +62,8 @@ def _convert(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if isinstance(entry, Fused):
                 views = whole.split(entry.rows(whole.shape[0]), dim=0)
                 out.update(zip((f"{p}.{suffix}" for p in entry.parts), views, strict=True))
-            elif isinstance(entry, Swapped):
-                # The one real copy (a few MB): the halves change places.
-                first, second = whole.chunk(2, dim=0)
-                out[f"{entry.diffusers}.{suffix}"] = torch.cat([second, first], dim=0)
+            elif isinstance(entry, Swapped):  # the one real copy (a few MB)
+                out[f"{entry.diffusers}.{suffix}"] = entry.swap(whole)
             else:
                 out[f"{entry.diffusers}.{suffix}"] = whole
     if src:

@@ -11,14 +11,6 @@ if TYPE_CHECKING:
     import torch
 
 
-def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
-    """BFL's final AdaLN is (shift, scale); diffusers' is (scale, shift). Self-inverse."""
-    import torch
-
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
-
-
 def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Renames a diffusers FLUX transformer state dict to BFL (original checkpoint) names.
 
@@ -46,7 +38,7 @@ def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
                 parts = [src.pop(f"{part}.{suffix}") for part in entry.parts]
                 out[f"{entry.bfl}.{suffix}"] = torch.cat(parts, dim=0)
             elif isinstance(entry, Swapped):
-                out[f"{entry.bfl}.{suffix}"] = _swap_halves(src.pop(f"{entry.diffusers}.{suffix}"))
+                out[f"{entry.bfl}.{suffix}"] = entry.swap(src.pop(f"{entry.diffusers}.{suffix}"))
             else:
                 out[f"{entry.bfl}.{suffix}"] = src.pop(f"{entry.diffusers}.{suffix}")
     if src:
