@@ -17,6 +17,7 @@ from cloudevents.http import CloudEvent
 
 from inpaint import service
 from inpaint.config import get_settings
+from inpaint.errors import DeliverLaterError
 from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
 
@@ -38,6 +39,14 @@ def handle_session(cloud_event: CloudEvent) -> None:
         trace_header=trace,
         shutdown=service.SHUTDOWN,
     )
+
+
+@functions_framework.errorhandler(DeliverLaterError)
+def deliver_later(error: DeliverLaterError) -> flask.Response:
+    """503 without a traceback: the delivery is kept (not acknowledged) on purpose."""
+    response = flask.jsonify({"acknowledged": False, "reason": str(error)})
+    response.status_code = 503
+    return response
 
 
 @functions_framework.http

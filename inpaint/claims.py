@@ -13,6 +13,12 @@ Words used below:
   events for the same request (a re-publish, a Firestore trigger) count against it.
 - A *lease* is ``leaseOwner`` (``instance:token``) + ``leaseExpiresAt``. The claim that wrote a
   lease recognises it by its token, so a claim whose reply was lost still knows it won.
+
+Every outcome also says how the delivery is answered (``acknowledges``). For a Pub/Sub push a
+2xx *is* the acknowledgement: the message is deleted and never delivered again. So only what no
+retry can change is acknowledged; a delivery that may be the only live copy of a job (the lease
+holder may have died, or its delivery outlived the ack deadline) answers non-2xx until the job
+ends or its lease expires, and a later delivery then finds ``completed`` or takes the job over.
 """
 
 from __future__ import annotations
@@ -33,10 +39,25 @@ class Outcome(enum.StrEnum):
     COMPLETED = "already completed"
     FAILED = "already failed for this event"
     CANCELLED = "cancelled by the app"
-    BUSY = "processing elsewhere under an unexpired lease"
+    RUNNING = "this event's job runs under an unexpired lease; deliver again later"
+    BUSY = "another event's job runs under an unexpired lease; deliver again later"
     MISSING = "session document not found"
     EXHAUSTED = "attempts exhausted"
     EXPIRED = "event too old"
+
+    @property
+    def acknowledges(self) -> bool:
+        """Whether the delivery is answered 2xx (Pub/Sub then deletes the message).
+
+        ``ACQUIRED`` is answered by the job's own end (``jobs``): 2xx once it is recorded
+        completed or failed, non-2xx after a transient error. ``RUNNING``: the lease holder's
+        own event came again, so its first delivery failed (the holder may be dead) or outlived
+        the ack deadline; this copy may be the only live one. ``BUSY``: another event of the same
+        session; the holder's event may come from a trigger without retries, or be
+        dead-lettered, so this copy is kept too until the job ends (it then finds ``completed``).
+        Everything else is final for this event: a retry could only find the same.
+        """
+        return self not in (Outcome.ACQUIRED, Outcome.RUNNING, Outcome.BUSY)
 
 
 class Lease(enum.StrEnum):
@@ -141,7 +162,8 @@ def decide(
     if status == FAILED and doc.get("eventId") == request.event_id:
         return Decision(Outcome.FAILED)
     if status == PROCESSING and lease in (Lease.OURS_LIVE, Lease.OTHERS_LIVE):
-        return Decision(Outcome.BUSY)
+        holder_event = doc.get("eventId") == request.event_id
+        return Decision(Outcome.RUNNING if holder_event else Outcome.BUSY)
     age = (now - request.event_time).total_seconds() if request.event_time else 0.0
     if age > policy.max_event_age_seconds:
         return Decision(Outcome.EXPIRED, expired_fields(request.event_id, age, policy, now))

@@ -68,3 +68,8 @@ class ModelFilesMissingError(InpaintError):
 
 class TransientError(InpaintError):
     """A failure worth retrying: the event is answered with 5xx and redelivered."""
+
+
+class DeliverLaterError(TransientError):
+    """Not a failure: this delivery may be the only live copy of a job that is still running
+    under a lease, so it must not be acknowledged. Answered 503 without a traceback."""

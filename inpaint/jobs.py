@@ -16,7 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from inpaint.config import Settings
-from inpaint.errors import InvalidRequestError, PermanentError, TransientError
+from inpaint.errors import (
+    DeliverLaterError,
+    InvalidRequestError,
+    PermanentError,
+    TransientError,
+)
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
 from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore, LeaseLostError
 from inpaint.logs import log_context
@@ -173,9 +178,12 @@ class JobRunner:
         )
 
     def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
+        """Acknowledges what no retry can change; keeps a possibly only live copy alive."""
         if claim.outcome is ClaimOutcome.MISSING:
             self._store.record_missing(request.session, request)
         log.info("job not started: %s", claim.outcome.value, extra={"claim": claim.outcome.name})
+        if not claim.outcome.acknowledges:
+            raise DeliverLaterError(claim.outcome.value)
 
     def _give_up(self, claim: Claim, exc: BaseException) -> bool:
         """Marks the job failed after its last allowed attempt; False if that write fails."""

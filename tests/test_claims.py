@@ -37,10 +37,11 @@ def expected_rule(status: str | None, lease: str, event: str) -> str | Outcome:
     if status in (None, "queued"):
         return NEW
     if status == "processing":
+        live = Outcome.RUNNING if event == "same" else Outcome.BUSY  # both: deliver again later
         return {
             "mine": "recognised",  # our write landed, its reply was lost
-            "ours live": Outcome.BUSY,
-            "others live": Outcome.BUSY,
+            "ours live": live,
+            "others live": live,
         }.get(lease, SAME)  # none, expired, ours dead (a release that could not land)
     if status == "completed":
         return Outcome.COMPLETED
@@ -84,7 +85,7 @@ def test_every_combination_follows_the_table(status, lease, attempts, event, age
     if rule == "recognised":
         assert decision == Decision(Outcome.ACQUIRED, None, spent)  # no second write
     elif isinstance(rule, Outcome):
-        assert decision == Decision(rule)  # acknowledged, nothing written
+        assert decision == Decision(rule)  # nothing written
     elif age == "too old":
         assert decision.outcome is Outcome.EXPIRED
         assert decision.fields["processingStatus"] == "failed"
@@ -99,6 +100,42 @@ def test_every_combination_follows_the_table(status, lease, attempts, event, age
         assert decision.fields == claims.claim_fields(
             Request(decision.fields["eventId"], None, ME), attempt, NOW, POLICY
         )
+
+
+# How each outcome is answered. A 2xx deletes the Pub/Sub message for good, so only outcomes no
+# retry can change are acknowledged; ACQUIRED is answered by the job's own end.
+ANSWERS = {
+    Outcome.ACQUIRED: False,
+    Outcome.COMPLETED: True,
+    Outcome.FAILED: True,
+    Outcome.CANCELLED: True,
+    Outcome.EXHAUSTED: True,
+    Outcome.EXPIRED: True,
+    Outcome.MISSING: True,
+    Outcome.RUNNING: False,  # the lease holder's own event again: the holder may be dead
+    Outcome.BUSY: False,  # another event: the holder's event may have no live copy left
+}
+
+
+@pytest.mark.parametrize(("outcome", "acknowledged"), ANSWERS.items())
+def test_only_what_no_retry_can_change_is_acknowledged(outcome, acknowledged):
+    assert outcome.acknowledges is acknowledged
+
+
+def test_the_answer_table_names_every_outcome():
+    assert set(ANSWERS) == set(Outcome)
+
+
+def test_a_crashed_holders_redelivery_is_kept_until_the_lease_expires_then_taken_over():
+    """The story of issue 19: holder dies mid-job, its event comes back."""
+    doc = {"processingStatus": "queued"}
+    first = claims.decide(doc, Request(EVENT, NOW, "inst2:a"), NOW, POLICY)
+    doc |= first.fields  # inst2 runs it... and dies (no release, no heartbeat)
+    again = claims.decide(doc, Request(EVENT, NOW, ME), NOW + dt.timedelta(seconds=10), POLICY)
+    assert again == Decision(Outcome.RUNNING) and not again.outcome.acknowledges
+    later = NOW + dt.timedelta(seconds=POLICY.lease_seconds + 1)
+    takeover = claims.decide(doc, Request(EVENT, NOW, ME), later, POLICY)
+    assert takeover.outcome is Outcome.ACQUIRED and takeover.attempt == 2
 
 
 def test_the_table_covers_every_dimension_the_issue_names():

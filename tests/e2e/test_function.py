@@ -114,8 +114,11 @@ def test_concurrent_duplicates_run_one_inference(server, sessions):
     claims_before = inference_count(server)
     with cf.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda _: server.post(headers, body).status_code, range(8)))
-    assert codes == [200] * 8
+    # One ran it; copies that came while it ran were kept (503), later ones acknowledged.
+    assert 200 in codes and set(codes) <= {200, 503}, codes
     doc = assert_completed(sessions, user, session)
+    for _ in range(codes.count(503)):  # their redeliveries find it completed
+        assert server.post(headers, body).status_code == 200
     assert doc["attempts"] == 1
     assert inference_count(server) - claims_before == 1
 
