@@ -38,6 +38,7 @@ def handle_session(cloud_event: CloudEvent) -> None:
         get_settings(),
         trace_header=trace,
         shutdown=service.SHUTDOWN,
+        queue=service.GPU_QUEUE,
     )
 
 

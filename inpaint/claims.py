@@ -191,6 +191,7 @@ def claim_fields(
         "startedAt": now,
         "updatedAt": now,
         "progress": 0.0,
+        "queuePosition": None,
         "errorMessage": None,
         "errorCode": None,
     }
@@ -204,6 +205,7 @@ def failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
         "errorCode": code,
         "failedAt": now,
         "updatedAt": now,
+        "queuePosition": None,
         "leaseOwner": None,
         "leaseExpiresAt": None,
     }

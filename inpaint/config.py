@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     io_deadline_seconds: float = Field(
         60.0, gt=0.0, description="Retries of one call give up after this (then redelivery)."
     )
+    max_queued_jobs: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Jobs admitted on one instance at once: one on the GPU, the others "
+        "waiting with their inputs decoded. Match Cloud Run's --concurrency; a delivery beyond "
+        "it is answered 503 before it claims anything.",
+    )
     ready_wait_seconds: float = Field(
         30.0, ge=0.0, description="How long an event waits for warm-up before a 500."
     )

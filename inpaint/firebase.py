@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import enum
 import json
 import logging
 import random
@@ -62,6 +63,15 @@ def _cas_backoff(state: tenacity.RetryCallState) -> float:
 
 T = TypeVar("T")
 ClaimOutcome = claims.Outcome
+
+
+class Unchanged(enum.Enum):
+    """A heartbeat argument that is left as it is in the document."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 class LeaseLostError(Exception):
@@ -184,8 +194,14 @@ class FirebaseStore:
         return paths
 
     # ------------------------------------------------------------------ lease updates
-    def heartbeat(self, claim: Claim, progress: float | None) -> None:
-        """Extends our lease and publishes progress, only while the lease is ours.
+    def heartbeat(
+        self,
+        claim: Claim,
+        progress: float | None,
+        queue_position: int | Unchanged | None = UNCHANGED,
+    ) -> None:
+        """Extends our lease and publishes progress and the queue position, only while the
+        lease is ours (``queue_position`` None: the job has started, the field is cleared).
 
         Raises ``LeaseLostError`` when it is not (cancelled, re-queued, taken over): the job
         must stop without writing anything.
@@ -201,6 +217,8 @@ class FirebaseStore:
             }
             if progress is not None:
                 fields["progress"] = round(progress, 4)
+            if not isinstance(queue_position, Unchanged):
+                fields["queuePosition"] = queue_position
             return True, fields
 
         if not self._compare_and_set(self._ref(claim.session), decide):
@@ -228,6 +246,7 @@ class FirebaseStore:
             {
                 "processingStatus": COMPLETED,
                 "progress": 1.0,
+                "queuePosition": None,
                 "errorMessage": None,
                 "errorCode": None,
                 "lastError": None,
@@ -248,7 +267,12 @@ class FirebaseStore:
         now = utcnow()
         return self._finish(
             claim,
-            {"leaseExpiresAt": now, "lastError": error[:500], "updatedAt": now},
+            {
+                "leaseExpiresAt": now,
+                "lastError": error[:500],
+                "updatedAt": now,
+                "queuePosition": None,
+            },
         )
 
     def end(self, claim: Claim) -> None:

@@ -9,10 +9,11 @@ after ``INPAINT_MAX_ATTEMPTS`` deliveries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from inpaint.config import Settings
@@ -23,9 +24,10 @@ from inpaint.errors import (
     TransientError,
 )
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
-from inpaint.firebase import Claim, ClaimOutcome, FirebaseStore, LeaseLostError
+from inpaint.firebase import UNCHANGED, Claim, ClaimOutcome, FirebaseStore, LeaseLostError
+from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
-from inpaint.pipeline import Model, Timings, repaint
+from inpaint.pipeline import QUEUE_STAGE, Model, Timings, repaint
 from inpaint.vocabulary import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,14 @@ def handle_event(
     *,
     trace_header: str | None = None,
     shutdown: threading.Event | None = None,
+    queue: GpuQueue | None = None,
 ) -> None:
     """Entry point for one CloudEvent; what happened goes to the log.
 
     Malformed events are acknowledged (returning normally), because redelivering them cannot
     help; transient failures raise ``TransientError``. Once ``shutdown`` is set no new job
-    starts (the event is answered 500, so it is redelivered to another instance).
+    starts (the event is answered 500, so it is redelivered to another instance). ``queue`` is
+    the instance's GPU queue (one per process); without one the job has the GPU to itself.
     """
     try:
         request = parse_event(event, trace_header=trace_header)
@@ -72,7 +76,7 @@ def handle_event(
         if shutdown is not None and shutdown.is_set():
             log.warning("event refused: the instance is shutting down")
             raise ShutdownError("the instance is shutting down; deliver again")
-        JobRunner(settings, store(), model, shutdown).run(request)
+        JobRunner(settings, store(), model, shutdown, queue).run(request)
 
 
 def _event_id(event: Any) -> str | None:
@@ -91,16 +95,26 @@ class JobRunner:
         store: FirebaseStore,
         model: Callable[[], Model],
         shutdown: threading.Event | None = None,
+        queue: GpuQueue | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._model = model
         self._shutdown = shutdown or threading.Event()
+        self._queue = queue or GpuQueue()
 
     def run(self, request: JobRequest) -> None:
         # 1. The pipeline must be ready before we take a lease (else: 500, redelivery).
         model = self._model()
-        # 2. Claim the session; duplicates, busy sessions and spent retries stop here.
+        # 2. A place on this instance, before any claim (else: 503, nothing written).
+        ticket = self._queue.admit(request.session.user_id, self._settings.max_queued_jobs)
+        try:
+            self._run_admitted(request, model, ticket)
+        finally:
+            self._queue.leave(ticket)
+
+    def _run_admitted(self, request: JobRequest, model: Model, ticket: Ticket) -> None:
+        # 3. Claim the session; duplicates, busy sessions and spent retries stop here.
         claim = self._store.claim(request)
         if claim.outcome is not ClaimOutcome.ACQUIRED:
             self._not_acquired(request, claim)
@@ -108,19 +122,19 @@ class JobRunner:
         log.info("job claimed", extra={"attempt": claim.attempt})
         timings = Timings()
         try:
-            self._process(claim, model, timings)
+            self._process(claim, model, timings, ticket)
         except LeaseLostError as exc:
-            # 7a. Cancelled, re-queued or taken over: stop without writing; whoever owns the
+            # 8a. Cancelled, re-queued or taken over: stop without writing; whoever owns the
             # session now (the app, or the instance holding the lease) decides what happens.
             log.warning("job stopped: %s", exc)
             return
         except PermanentError as exc:
-            # 7b. The user's input is at fault: record it where the user sees it, acknowledge.
+            # 8b. The user's input is at fault: record it where the user sees it, acknowledge.
             log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
             self._store.fail(claim, exc.message, exc.code)
             return
         except Exception as exc:
-            # 7c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
+            # 8c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
             # unless this was the last attempt the budget allows: then record the failure.
             last = claim.attempt >= self._settings.max_attempts
             if last and not isinstance(exc, ShutdownError) and self._give_up(claim, exc):
@@ -131,15 +145,17 @@ class JobRunner:
         finally:
             self._store.end(claim)
 
-    def _process(self, claim: Claim, model: Model, timings: Timings) -> None:
+    def _process(self, claim: Claim, model: Model, timings: Timings, ticket: Ticket) -> None:
         s = self._settings
-        with Heartbeat(self._store, claim, s, self._shutdown) as heartbeat:
-            # 3. Parameters from the document (bounded), defaults otherwise.
+        heartbeat = Heartbeat(self._store, claim, s, self._shutdown, on_lost=self._queue.wake)
+        with heartbeat:
+            # 4. Parameters from the document (bounded), defaults otherwise.
             params = job_params(claim.document, claim.session.session_id, s)
-            # 4. Inputs from Storage (size-checked before download).
+            # 5. Inputs from Storage (size-checked before download), while others use the GPU.
             with timings.stage("download"):
                 inputs = self._store.load_inputs(claim.session)
-            # 5. Decode, check, repaint the region around the mask, paste back, encode.
+            # 6. Decode and check; wait for the GPU (fair order, position published); repaint
+            # the region around the mask; give the GPU to the next job; paste back, encode.
             result = repaint(
                 inputs.photo,
                 inputs.mask,
@@ -148,8 +164,9 @@ class JobRunner:
                 s,
                 timings=timings,
                 on_step=heartbeat.progress,
+                gpu_turn=lambda: self._gpu_turn(ticket, heartbeat, timings),
             )
-        # 6. The heartbeat is stopped and joined (no late lease write); outputs only while the
+        # 7. The heartbeat is stopped and joined (no late lease write); outputs only while the
         # lease is ours, then the status that points at them (lease checked again).
         heartbeat.raise_if_lost()
         self._store.check_lease(claim)
@@ -158,7 +175,7 @@ class JobRunner:
                 claim.session, result.edited_jpeg, result.preview_jpeg
             )
         prepared = result.prepared
-        busy = timings.total()
+        busy = timings.busy()
         done = self._store.complete(
             claim,
             paths
@@ -176,6 +193,19 @@ class JobRunner:
             "job completed" if done else "job finished after its lease was lost",
             extra={"timings": timings.stages, "busySeconds": round(busy, 3)},
         )
+
+    @contextlib.contextmanager
+    def _gpu_turn(self, ticket: Ticket, heartbeat: Heartbeat, timings: Timings) -> Iterator[None]:
+        """Waits for the GPU (``queue`` stage, not billed), holds it for the model call only."""
+        with timings.stage(QUEUE_STAGE):
+            self._queue.wait_turn(ticket, heartbeat.raise_if_stopped, heartbeat.queue_position)
+        if ticket.waited:
+            log.info("job left the queue", extra={"queueSeconds": timings.stages[QUEUE_STAGE]})
+            heartbeat.queue_position(None)
+        try:
+            yield
+        finally:
+            self._queue.release_gpu(ticket)
 
     def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
         """Acknowledges what no retry can change; keeps a possibly only live copy alive."""
@@ -264,6 +294,7 @@ class Heartbeat:
         claim: Claim,
         settings: Settings,
         shutdown: threading.Event | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._claim = claim
@@ -271,11 +302,20 @@ class Heartbeat:
             0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3)
         )
         self._shutdown = shutdown or threading.Event()
+        self._on_lost = on_lost
         self._progress: float | None = None
         self._sent: float | None = None
+        self._position: int | None = None
+        self._position_sent: int | None = None
         self._lost: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def queue_position(self, position: int | None) -> None:
+        """Jobs ahead of this one on the instance (None: it has the GPU); written at once."""
+        self._position = position
+        self._wake.set()
 
     def progress(self, step: int, total: int) -> None:
         """Pipeline step callback: (steps done, total); raises when the job must stop."""
@@ -299,16 +339,26 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()  # bounded by the I/O deadline of one heartbeat
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             progress = self._progress if self._progress != self._sent else None
+            position = self._position
+            changed = position != self._position_sent
             try:
-                self._store.heartbeat(self._claim, progress)
+                self._store.heartbeat(self._claim, progress, position if changed else UNCHANGED)
                 self._sent = self._progress if progress is not None else self._sent
+                self._position_sent = position
             except LeaseLostError as exc:
                 self._lost = str(exc)
+                if self._on_lost is not None:
+                    self._on_lost()  # a job waiting for the GPU stops now, not at its turn
                 return
             except Exception as exc:  # the job goes on; the lease check at the end decides
                 log.warning("heartbeat failed: %s", describe_error(exc))

@@ -6,7 +6,9 @@ The cloud function (``inpaint.jobs``) and the local CLI (``python -m inpaint run
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +32,9 @@ class Model(Protocol):
     ) -> Image.Image: ...
 
 
+QUEUE_STAGE = "queue"
+
+
 @dataclass
 class Timings:
     """Seconds per stage, recorded in the session document and the logs."""
@@ -48,6 +53,10 @@ class Timings:
     def total(self) -> float:
         return time.monotonic() - self.started
 
+    def busy(self) -> float:
+        """The job's own work: the time since it started, less its wait for the GPU."""
+        return self.total() - self.stages.get(QUEUE_STAGE, 0.0)
+
 
 @dataclass(frozen=True)
 class Result:
@@ -65,11 +74,14 @@ def repaint(
     *,
     timings: Timings | None = None,
     on_step: ProgressCallback | None = None,
+    gpu_turn: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Result:
     """Decodes and checks the inputs, repaints the masked region, pastes it back, encodes.
 
     Raises ``PermanentError`` subclasses for unusable inputs. An empty mask skips the model and
-    returns the original (re-encoded).
+    returns the original (re-encoded). Only the model call runs inside ``gpu_turn()`` (the
+    service's wait for the instance's one GPU): decoding happens before it, while the job
+    waits, and compositing and encoding after it, while the next job already denoises.
     """
     timings = timings or Timings()
     with timings.stage("prepare"):
@@ -81,10 +93,12 @@ def repaint(
             margin=settings.crop_margin,
             band_px=settings.dilate_px + settings.feather_px,
         )
-    with timings.stage("inference"):
-        generated = None
-        if not prepared.empty:
-            assert prepared.model_image is not None and prepared.model_mask is not None
+    generated = None
+    if prepared.empty:
+        timings.stages["inference"] = 0.0
+    else:
+        assert prepared.model_image is not None and prepared.model_mask is not None
+        with gpu_turn(), timings.stage("inference"):
             generated = model.generate(prepared.model_image, prepared.model_mask, params, on_step)
     with timings.stage("postprocess"):
         edited = prepared.original

@@ -31,6 +31,7 @@ import tenacity
 from inpaint.config import Settings, get_settings
 from inpaint.errors import ModelFilesMissingError, TransientError
 from inpaint.firebase import FirebaseStore
+from inpaint.gpuqueue import GpuQueue
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class _Store:
 
 WARMUP = Warmup(load_and_warm)
 STORE = _Store()
+# The instance's one GPU, shared fairly by the jobs Cloud Run admits at once (--concurrency).
+GPU_QUEUE = GpuQueue()
 # Set on SIGTERM: no new job starts, and a running job gives its lease back at its next step.
 SHUTDOWN = threading.Event()
 

@@ -84,7 +84,7 @@ class _LostLeaseStore:
     def __init__(self) -> None:
         self.heartbeats = 0
 
-    def heartbeat(self, claim, progress) -> None:
+    def heartbeat(self, claim, progress, queue_position=None) -> None:
         self.heartbeats += 1
         raise LeaseLostError("the app cancelled the job")
 

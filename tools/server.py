@@ -30,6 +30,7 @@ FAST_SETTINGS = {
     "INPAINT_IO_TIMEOUT_SECONDS": "3",
     "INPAINT_IO_DEADLINE_SECONDS": "4",
     "INPAINT_READY_WAIT_SECONDS": "10",
+    "INPAINT_MAX_QUEUED_JOBS": "8",  # as many as the threads: tests post bursts themselves
     "THREADS": "8",
 }
 

@@ -114,8 +114,9 @@ class Sessions:
         upload_photo: bool = True,
         upload_mask: bool = True,
         create_doc: bool = True,
+        user: str | None = None,
     ) -> tuple[str, str]:
-        user, session = f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
+        user, session = user or f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
         base = f"users/{user}/sessions/{session}"
         if upload_photo:
             self.bucket.blob(f"{base}/original.jpg").upload_from_string(

@@ -1,0 +1,147 @@
+"""The instance's GPU queue (``inpaint.gpuqueue``): the fair order as pure functions, table-tested,
+then the blocking turn with threads (waiting on events, never on sleeps)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from inpaint.errors import DeliverLaterError, TransientError
+from inpaint.gpuqueue import GpuQueue, Ticket, ahead_of, fair_round, next_up
+
+
+@pytest.mark.parametrize(
+    ("current", "users_last", "expected"),
+    [
+        (0, None, 0),  # a user with nothing on the instance starts at the current round
+        (7, None, 7),
+        (0, 0, 1),  # a user's second job waits a round behind its first
+        (0, 4, 5),
+        (3, 1, 3),  # a user whose jobs lag behind the current round catches up, never ahead
+        (3, 3, 4),
+    ],
+)
+def test_fair_round(current, users_last, expected):
+    assert fair_round(current, users_last) == expected
+
+
+def _order(queue: GpuQueue, tickets: list[Ticket]) -> list[str]:
+    return [t.user for t in sorted(tickets, key=lambda t: t.key)]
+
+
+def test_one_users_ten_jobs_do_not_starve_anothers_one():
+    queue = GpuQueue()
+    heavy = [queue.admit("heavy", 64) for _ in range(10)]
+    light = queue.admit("light", 64)
+    order = _order(queue, [*heavy, light])
+    assert order[:3] == ["heavy", "light", "heavy"]
+    assert ahead_of(light, [*heavy, light]) == 1
+
+
+def test_three_users_are_served_round_robin_in_arrival_order():
+    queue = GpuQueue()
+    tickets = [queue.admit(u, 64) for u in ["a", "a", "a", "b", "b", "c"]]
+    assert _order(queue, tickets) == ["a", "b", "c", "a", "b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        # (ready, running, finished) per ticket in fair order -> index of the next one up
+        ([(True, False, False), (True, False, False)], 0),
+        ([(False, False, False), (True, False, False)], 1),  # still downloading: skipped
+        ([(True, True, False), (True, False, False)], None),  # the GPU is taken
+        ([(False, False, True), (True, False, False)], 1),  # finished: encoding, GPU free
+        ([(False, False, False), (False, False, False)], None),  # nobody ready
+    ],
+)
+def test_next_up(states, expected):
+    tickets = [
+        Ticket("u", i, i, ready=r, running=run, finished=f) for i, (r, run, f) in enumerate(states)
+    ]
+    chosen = next_up(tickets)
+    assert chosen is (None if expected is None else tickets[expected])
+
+
+def test_jobs_ahead_count_the_running_one_and_those_before_but_not_finished_ones():
+    running = Ticket("a", 5, 9, ready=True, running=True)  # later key, but on the GPU
+    finished = Ticket("b", 0, 0, finished=True)
+    before = Ticket("c", 0, 1, ready=True)
+    me = Ticket("d", 1, 2, ready=True)
+    after = Ticket("e", 1, 3)
+    assert ahead_of(me, [running, finished, before, me, after]) == 2
+
+
+def test_admission_beyond_capacity_is_refused_without_a_place():
+    queue = GpuQueue()
+    first = queue.admit("a", 2)
+    queue.admit("b", 2)
+    with pytest.raises(DeliverLaterError, match="already has 2 jobs"):
+        queue.admit("c", 2)
+    assert isinstance(DeliverLaterError("x"), TransientError)  # not acknowledged
+    queue.leave(first)
+    queue.admit("c", 2)
+    assert queue.snapshot()["admitted"] == 2
+
+
+def test_a_waiting_job_hears_its_position_and_gets_the_gpu_when_the_holder_releases_it():
+    queue = GpuQueue()
+    holder, waiter = queue.admit("a", 4), queue.admit("b", 4)
+    queue.wait_turn(holder, check=lambda: None)
+    positions: list[int] = []
+    told = threading.Event()
+    started = threading.Event()
+
+    def on_position(n: int) -> None:
+        positions.append(n)
+        told.set()
+
+    def job() -> None:
+        queue.wait_turn(waiter, check=lambda: None, on_position=on_position)
+        started.set()
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert told.wait(10)
+    assert not started.is_set() and positions == [1]
+    assert queue.snapshot() == {"admitted": 2, "waiting": 1, "finishing": 0, "running": 1}
+    queue.release_gpu(holder)  # the holder encodes and uploads; the GPU goes on at once
+    assert started.wait(10)
+    thread.join(10)
+    assert waiter.running and waiter.waited and not holder.running
+    queue.leave(holder)
+    queue.leave(waiter)
+    assert queue.snapshot()["admitted"] == 0
+
+
+def test_a_waiting_job_stops_at_once_when_its_check_raises_after_a_wake():
+    queue = GpuQueue(poll_seconds=3600)  # only a wake can make it look again
+    holder, waiter = queue.admit("a", 4), queue.admit("b", 4)
+    queue.wait_turn(holder, check=lambda: None)
+    lost = threading.Event()
+    checked = threading.Event()
+    outcome: list[BaseException] = []
+
+    def check() -> None:
+        checked.set()
+        if lost.is_set():
+            raise RuntimeError("the app cancelled the job")
+
+    def job() -> None:
+        try:
+            queue.wait_turn(waiter, check=check)
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert checked.wait(10)
+    lost.set()
+    queue.wake()  # what the heartbeat does when it finds the lease gone
+    thread.join(10)
+    assert not thread.is_alive() and str(outcome[0]) == "the app cancelled the job"
+    assert not waiter.ready and not waiter.running and holder.running
+    queue.leave(waiter)
+    queue.release_gpu(holder)
+    assert next_up([holder]) is None
