@@ -1,8 +1,8 @@
 """gunicorn settings of the production serving command (``inpaint.serving.SERVE_ARGV``).
 
 One worker process owns the GPU; no preload, so the app (and the CUDA context) is created in the
-worker, never in the forking master. Several threads let /health and /ready answer while a job
-runs; the model itself serialises GPU work. No worker timeout: Cloud Run's request timeout bounds
+worker, never in the forking master. Several threads let /health and /ready answer while jobs
+run; the GPU queue (inpaint/gpuqueue.py) gives the GPU to one admitted job at a time. No worker timeout: Cloud Run's request timeout bounds
 a job, and a long denoising loop must not look like a hung worker. No control socket: gunicorn 27
 creates one under $HOME/.gunicorn by default, which fails on a read-only root filesystem and
 offers an admin interface the service does not need.
@@ -13,7 +13,9 @@ import os
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = 1
 worker_class = "gthread"
-threads = int(os.environ.get("THREADS", "4"))
+# Four more threads than admitted jobs (INPAINT_MAX_QUEUED_JOBS, Cloud Run's --concurrency):
+# probes and quickly refused duplicates always find a free thread while every job slot is busy.
+threads = int(os.environ.get("THREADS") or int(os.environ.get("INPAINT_MAX_QUEUED_JOBS", "4")) + 4)
 preload_app = False
 timeout = 0
 # Below Cloud Run's 10 s between SIGTERM and SIGKILL: a job still running after 8 s is cut off by

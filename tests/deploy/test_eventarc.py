@@ -322,7 +322,7 @@ def test_subscription_retry_and_dead_letter_settings_are_documented():
         for flag in (
             "--ack-deadline=600",
             "--min-retry-delay=10s",
-            "--max-retry-delay=600s",
+            "--max-retry-delay=60s",
             "--dead-letter-topic=",
             "--max-delivery-attempts=",
         ):

@@ -1,0 +1,113 @@
+"""The delivery settings fit together: Cloud Run's concurrency, the instance's admission bound,
+gunicorn's threads, the request timeout, the subscription's ack deadline, retry delays and
+dead-letter attempts, the event age limit, and the burst the deployment is said to absorb.
+
+The burst figures come from ``benchmarks/burst_sim.py`` (a deterministic discrete-event
+simulation of the documented Pub/Sub and Cloud Run rules, seeded), run here with the settings
+read from the deployment files, so changing one of them without the others fails this test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.burst_sim import (
+    L4_JOB_S,
+    L4_LONGEST_JOB_S,
+    SUPPORTED_BURST_PER_INSTANCE,
+    Rules,
+    Scenario,
+    simulate,
+)
+from inpaint.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CLOUDBUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+RUNBOOK = (ROOT / "docs" / "runbook.md").read_text()
+
+
+def _deploy_flags() -> dict[str, str]:
+    (deploy,) = [s for s in CLOUDBUILD["steps"] if s.get("id") == "deploy"]
+    flags = {}
+    for arg in deploy["args"]:
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            flags[name] = value
+    return flags
+
+
+def _seconds(text: str) -> float:
+    return float(text.rstrip("s"))
+
+
+def _subscription_flags() -> dict[str, str]:
+    command = re.search(r"gcloud pubsub subscriptions update (.*?)(?:\n\s*\n|```)", RUNBOOK, re.S)
+    assert command
+    return dict(re.findall(r"--([a-z-]+)=(\S+)", command.group(1)))
+
+
+CONCURRENCY = int(CLOUDBUILD["substitutions"]["_CONCURRENCY"])
+FLAGS = _deploy_flags()
+SUB = _subscription_flags()
+RULES = Rules(
+    min_retry_s=_seconds(SUB["min-retry-delay"]),
+    max_retry_s=_seconds(SUB["max-retry-delay"]),
+    max_delivery_attempts=int(SUB["max-delivery-attempts"]),
+    ack_deadline_s=float(SUB["ack-deadline"]),
+)
+
+
+def test_cloud_run_and_the_instance_admit_the_same_number_of_jobs():
+    assert FLAGS["concurrency"] == "${_CONCURRENCY}"
+    env = dict(kv.split("=", 1) for kv in FLAGS["set-env-vars"].split(","))
+    assert env["INPAINT_MAX_QUEUED_JOBS"] == "${_CONCURRENCY}"
+    assert CONCURRENCY > 1  # one GPU, fed without waiting for Pub/Sub's retries
+
+
+def test_gunicorn_has_threads_for_the_probes_beyond_the_admitted_jobs(monkeypatch):
+    monkeypatch.delenv("THREADS", raising=False)
+    monkeypatch.setenv("INPAINT_MAX_QUEUED_JOBS", str(CONCURRENCY))
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert conf["threads"] == CONCURRENCY + 4 and conf["workers"] == 1
+    assert "THREADS" not in os.environ
+
+
+def test_no_admitted_job_can_wait_past_the_ack_deadline():
+    """The last of C admitted jobs answers after C x the longest job: within the request
+    timeout, which is within the ack deadline (else the running job is delivered again)."""
+    timeout = _seconds(FLAGS["timeout"])
+    assert CONCURRENCY * L4_LONGEST_JOB_S <= timeout <= RULES.ack_deadline_s == 600
+
+
+@pytest.mark.parametrize("window_min", [1, 10])  # Pub/Sub's push window: assumed, both ways
+@pytest.mark.parametrize("job_s", L4_JOB_S)
+def test_the_supported_burst_drains_at_the_gpus_pace_with_nothing_dead_lettered(job_s, window_min):
+    rules = Rules(**{**RULES.__dict__, "window_min": window_min})
+    report = simulate(Scenario(SUPPORTED_BURST_PER_INSTANCE, CONCURRENCY, 1, job_s, rules))
+    assert report.ratio <= 1.2, report
+    assert report.dead_lettered == 0 and report.late == 0, report
+    # Nothing waits long enough to be failed as "expired" while Pub/Sub still holds it.
+    assert report.makespan_s < Settings().max_event_age_seconds
+
+
+def test_one_job_at_a_time_would_leave_the_gpu_idle_under_a_pessimistic_push_window():
+    """Why the concurrency is above 1: with a push window that does not shrink below 10, a burst
+    at concurrency 1 drains at the pace of Pub/Sub's retries."""
+    rules = Rules(**{**RULES.__dict__, "window_min": 10})
+    one = simulate(Scenario(50, 1, 1, (30.0, 30.0), rules))
+    ours = simulate(Scenario(50, CONCURRENCY, 1, (30.0, 30.0), rules))
+    assert one.ratio > 1.5 and one.gpu_busy < 0.7
+    assert ours.ratio <= 1.05 and ours.answers_429 > 0
+
+
+def test_the_longer_retry_delay_would_slow_the_burst():
+    """Why --max-retry-delay=60s: with 600 s a refused push can come back after the GPU ran dry."""
+    slow = Rules(**{**RULES.__dict__, "window_min": 10, "max_retry_s": 600.0})
+    report = simulate(Scenario(50, CONCURRENCY, 1, (20.0, 20.0), slow))
+    assert report.ratio > 1.2
