@@ -101,3 +101,16 @@ def test_jobs_wait_for_the_gpu_in_a_fair_order_and_see_their_place(queue_server,
     # The kept delivery, delivered again once there is room, completes.
     assert post(d1) == 200
     assert sessions.doc(*d1)["processingStatus"] == "completed"
+
+
+def test_a_burst_through_pubsub_and_a_cloud_run_like_front_runs_every_job_once(
+    queue_server, stack, fb
+):
+    """The local burst benchmark at a small size (benchmarks/burst_local.py): the emulator's push
+    subscription, a front with 2 request slots and a 10 s pending window, 12 jobs of 7 users."""
+    from benchmarks.burst_local import run_burst
+
+    db, bucket = fb
+    report = run_burst(stack, queue_server, db, bucket, jobs=12, concurrency=2, steps=2)
+    assert report.completed == 12 and report.lost == 0 and report.run_twice == 0, report
+    assert report.answers >= 12 and report.makespan_s > 0 and 0 < report.gpu_busy <= 1
