@@ -145,3 +145,29 @@ def test_a_waiting_job_stops_at_once_when_its_check_raises_after_a_wake():
     queue.leave(waiter)
     queue.release_gpu(holder)
     assert next_up([holder]) is None
+
+
+def test_a_waiting_job_sees_sigterm_without_a_wake():
+    """SIGTERM sets an event in a signal handler, which must not take locks: the waiter's
+    periodic check is what notices it."""
+    queue = GpuQueue(poll_seconds=0.05)
+    holder, waiter = queue.admit("a", 4), queue.admit("b", 4)
+    queue.wait_turn(holder, check=lambda: None)
+    shutdown = threading.Event()
+    outcome: list[BaseException] = []
+
+    def check() -> None:
+        if shutdown.is_set():
+            raise RuntimeError("the instance is shutting down")
+
+    def job() -> None:
+        try:
+            queue.wait_turn(waiter, check=check)
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    shutdown.set()
+    thread.join(30)
+    assert not thread.is_alive() and outcome and not waiter.running
