@@ -87,6 +87,7 @@ class Claim:
     owner: str = ""
     attempt: int = 0
     document: dict[str, Any] = field(default_factory=dict)
+    error_code: str | None = None  # the failure this claim recorded (expired, exhausted)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,10 @@ class FirebaseStore:
             if decision.outcome is ClaimOutcome.ACQUIRED and decision.fields is None:
                 log.warning("the claim's reply was lost; the lease it wrote is ours")
             mine = owner if decision.outcome is ClaimOutcome.ACQUIRED else ""
-            claim = Claim(decision.outcome, request.session, mine, decision.attempt, doc or {})
+            code = (decision.fields or {}).get("errorCode")
+            claim = Claim(
+                decision.outcome, request.session, mine, decision.attempt, doc or {}, code
+            )
             return claim, decision.fields
 
         acquired = False

@@ -209,15 +209,25 @@ class JobRunner:
 
     def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
         """Acknowledges what no retry can change; keeps a possibly only live copy alive."""
+        code = claim.error_code
         if claim.outcome is ClaimOutcome.MISSING:
             self._store.record_missing(request.session, request)
-        log.info("job not started: %s", claim.outcome.value, extra={"claim": claim.outcome.name})
+            code = "not_found"
+        extra = {"claim": claim.outcome.name} | ({"errorCode": code} if code else {})
+        # A recorded failure is a WARNING with its errorCode: the failed-jobs metric counts it.
+        level = logging.WARNING if code else logging.INFO
+        log.log(level, "job not started: %s", claim.outcome.value, extra=extra)
         if not claim.outcome.acknowledges:
             raise DeliverLaterError(claim.outcome.value)
 
     def _give_up(self, claim: Claim, exc: BaseException) -> bool:
         """Marks the job failed after its last allowed attempt; False if that write fails."""
-        log.error("job failed on its last attempt: %s", describe_error(exc), exc_info=exc)
+        log.error(
+            "job failed on its last attempt: %s",
+            describe_error(exc),
+            exc_info=exc,
+            extra={"errorCode": "attempts_exhausted"},
+        )
         message = (
             f"Processing failed after {claim.attempt} attempts because of a temporary problem "
             f"on our side ({describe_error(exc)}). Please try again later."
