@@ -37,7 +37,7 @@ class Outcome(enum.StrEnum):
 
     ACQUIRED = "acquired"
     COMPLETED = "already completed"
-    FAILED = "already failed for this event"
+    FAILED = "already failed for this event (or an event sent before the failure)"
     CANCELLED = "cancelled by the app"
     RUNNING = "this event's job runs under an unexpired lease; deliver again later"
     BUSY = "another event's job runs under an unexpired lease; deliver again later"
@@ -133,6 +133,15 @@ def is_new_request(doc: dict[str, Any], event_id: str) -> bool:
     return status == FAILED and doc.get("eventId") != event_id
 
 
+def sent_before_failure(doc: dict[str, Any], request: Request) -> bool:
+    """An event sent before the session failed is a copy of the failed request (a second
+    trigger's event, a duplicate publish), kept while the job ran: not the user's retry."""
+    failed_at = doc.get("failedAt")
+    if request.event_time is None or not isinstance(failed_at, dt.datetime):
+        return False
+    return request.event_time <= failed_at
+
+
 def attempts_so_far(doc: dict[str, Any], event_id: str) -> int:
     """Attempts already spent on this delivery's request (0 for a new request)."""
     if is_new_request(doc, event_id):
@@ -159,7 +168,9 @@ def decide(
         return Decision(Outcome.COMPLETED)
     if status == CANCELLED:
         return Decision(Outcome.CANCELLED)
-    if status == FAILED and doc.get("eventId") == request.event_id:
+    if status == FAILED and (
+        doc.get("eventId") == request.event_id or sent_before_failure(doc, request)
+    ):
         return Decision(Outcome.FAILED)
     if status == PROCESSING and lease in (Lease.OURS_LIVE, Lease.OTHERS_LIVE):
         holder_event = doc.get("eventId") == request.event_id

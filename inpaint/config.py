@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     io_deadline_seconds: float = Field(
         60.0, gt=0.0, description="Retries of one call give up after this (then redelivery)."
     )
+    max_job_seconds: float = Field(
+        1200.0,
+        gt=0.0,
+        description="A job still running after this stops renewing its lease, so a hung job "
+        "cannot hold its session forever: the lease expires and a redelivery takes over. Above "
+        "the 600 s ack deadline, after which Pub/Sub has already delivered the job again.",
+    )
     max_queued_jobs: int = Field(
         4,
         ge=1,

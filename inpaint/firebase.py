@@ -299,8 +299,11 @@ class FirebaseStore:
             log.warning("lease lost before the job could be recorded", extra={"owner": claim.owner})
         return ok
 
-    def record_missing(self, session: SessionRef, request: JobRequest) -> None:
-        """A message for a session without a document: leave the user a visible error."""
+    def record_missing(self, session: SessionRef, request: JobRequest) -> bool:
+        """A message for a session without a document: leave the user a visible error.
+
+        False when the document appeared meanwhile: this delivery is then its job's only copy.
+        """
         now = utcnow()
         fields = claims.failed_fields(
             "The session was not found: its document did not exist when processing started.",
@@ -311,6 +314,8 @@ class FirebaseStore:
             self._ref(session).create(fields, retry=self._retry, timeout=self._timeout)
         except gexc.AlreadyExists:
             log.info("session document appeared meanwhile; not overwriting it")
+            return False
+        return True
 
     def _compare_and_set(
         self, ref: Any, decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]]

@@ -50,11 +50,10 @@ class Ticket:
 
 
 def ahead_of(ticket: Ticket, tickets: Iterable[Ticket]) -> int:
-    """Jobs ahead of ``ticket``: the one on the GPU plus those before it in the fair order."""
+    """Jobs ahead of ``ticket``: the one on the GPU plus the ready ones before it in the fair
+    order (one still downloading, or a duplicate about to be refused, is not counted yet)."""
     return sum(
-        1
-        for t in tickets
-        if t is not ticket and not t.finished and (t.running or t.key < ticket.key)
+        1 for t in tickets if t is not ticket and (t.running or (t.ready and t.key < ticket.key))
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -130,8 +131,11 @@ class JobRunner:
             return
         except PermanentError as exc:
             # 8b. The user's input is at fault: record it where the user sees it, acknowledge.
-            log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
-            self._store.fail(claim, exc.message, exc.code)
+            # Logged with its errorCode only once recorded: the failed-jobs metric counts it.
+            if self._store.fail(claim, exc.message, exc.code):
+                log.warning("job failed: %s", exc.message, extra={"errorCode": exc.code})
+            else:
+                log.warning("job failed after its lease was lost: %s", exc.message)
             return
         except Exception as exc:
             # 8c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
@@ -211,7 +215,8 @@ class JobRunner:
         """Acknowledges what no retry can change; keeps a possibly only live copy alive."""
         code = claim.error_code
         if claim.outcome is ClaimOutcome.MISSING:
-            self._store.record_missing(request.session, request)
+            if not self._store.record_missing(request.session, request):
+                raise DeliverLaterError("the session document appeared meanwhile")
             code = "not_found"
         extra = {"claim": claim.outcome.name} | ({"errorCode": code} if code else {})
         # A recorded failure is a WARNING with its errorCode: the failed-jobs metric counts it.
@@ -222,21 +227,23 @@ class JobRunner:
 
     def _give_up(self, claim: Claim, exc: BaseException) -> bool:
         """Marks the job failed after its last allowed attempt; False if that write fails."""
-        log.error(
-            "job failed on its last attempt: %s",
-            describe_error(exc),
-            exc_info=exc,
-            extra={"errorCode": "attempts_exhausted"},
-        )
         message = (
             f"Processing failed after {claim.attempt} attempts because of a temporary problem "
             f"on our side ({describe_error(exc)}). Please try again later."
         )
         try:
-            return self._store.fail(claim, message, "attempts_exhausted")
+            recorded = self._store.fail(claim, message, "attempts_exhausted")
         except Exception:
             log.exception("could not record the failure; the event will be redelivered")
             return False
+        if recorded:  # with its errorCode only once recorded (the failed-jobs metric)
+            log.error(
+                "job failed on its last attempt: %s",
+                describe_error(exc),
+                exc_info=exc,
+                extra={"errorCode": "attempts_exhausted"},
+            )
+        return recorded
 
     def _release(self, claim: Claim, exc: BaseException) -> None:
         try:
@@ -305,9 +312,13 @@ class Heartbeat:
         settings: Settings,
         shutdown: threading.Event | None = None,
         on_lost: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._claim = claim
+        self._clock = clock
+        self._deadline = clock() + settings.max_job_seconds
+        self._max_job_seconds = settings.max_job_seconds
         self._interval = max(
             0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3)
         )
@@ -358,6 +369,9 @@ class Heartbeat:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if self._clock() > self._deadline:
+                self._give_up_lease()
+                return
             progress = self._progress if self._progress != self._sent else None
             position = self._position
             changed = position != self._position_sent
@@ -372,3 +386,13 @@ class Heartbeat:
                 return
             except Exception as exc:  # the job goes on; the lease check at the end decides
                 log.warning("heartbeat failed: %s", describe_error(exc))
+
+    def _give_up_lease(self) -> None:
+        """A hung job stops renewing: its lease expires and a redelivery takes the job over."""
+        self._lost = (
+            f"the job ran past INPAINT_MAX_JOB_SECONDS ({self._max_job_seconds:.0f} s); "
+            "its lease is left to expire"
+        )
+        log.error("job overran: %s", self._lost)
+        if self._on_lost is not None:
+            self._on_lost()

@@ -217,3 +217,28 @@ COMPLETE = {"processingStatus": "completed", "updatedAt": NOW, "leaseOwner": Non
 )
 def test_finish_recognises_its_own_write_and_nothing_else(doc, result):
     assert claims.finish(doc, ME, COMPLETE) == result
+
+
+FAILED_AT = NOW - dt.timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("event_id", "sent", "expected"),
+    [
+        (EVENT, NOW - dt.timedelta(seconds=60), Outcome.FAILED),  # the failed event itself
+        # Another event sent before the failure: a copy of the same request that was kept (503)
+        # while the job ran. It must not start the request again.
+        ("event-2", FAILED_AT - dt.timedelta(seconds=30), Outcome.FAILED),
+        ("event-2", FAILED_AT, Outcome.FAILED),
+        # Sent after the failure: the user's retry, with a fresh budget.
+        ("event-2", FAILED_AT + dt.timedelta(seconds=1), Outcome.ACQUIRED),
+        ("event-2", None, Outcome.ACQUIRED),  # no send time: as before, a retry
+    ],
+)
+def test_an_event_sent_before_the_failure_is_not_a_retry(event_id, sent, expected):
+    doc = {"processingStatus": "failed", "eventId": EVENT, "failedAt": FAILED_AT, "attempts": 5}
+    decision = claims.decide(doc, Request(event_id, sent, ME), NOW, POLICY)
+    assert decision.outcome is expected
+    assert decision.outcome.acknowledges is (expected is Outcome.FAILED)
+    if expected is Outcome.ACQUIRED:
+        assert decision.attempt == 1

@@ -34,6 +34,8 @@ def test_one_users_ten_jobs_do_not_starve_anothers_one():
     queue = GpuQueue()
     heavy = [queue.admit("heavy", 64) for _ in range(10)]
     light = queue.admit("light", 64)
+    for ticket in [*heavy, light]:
+        ticket.ready = True
     order = _order(queue, [*heavy, light])
     assert order[:3] == ["heavy", "light", "heavy"]
     assert ahead_of(light, [*heavy, light]) == 1
@@ -64,13 +66,14 @@ def test_next_up(states, expected):
     assert chosen is (None if expected is None else tickets[expected])
 
 
-def test_jobs_ahead_count_the_running_one_and_those_before_but_not_finished_ones():
+def test_jobs_ahead_count_the_running_one_and_the_ready_ones_before():
     running = Ticket("a", 5, 9, ready=True, running=True)  # later key, but on the GPU
     finished = Ticket("b", 0, 0, finished=True)
     before = Ticket("c", 0, 1, ready=True)
+    downloading = Ticket("f", 0, 4)  # before in the order, not ready yet: not counted
     me = Ticket("d", 1, 2, ready=True)
-    after = Ticket("e", 1, 3)
-    assert ahead_of(me, [running, finished, before, me, after]) == 2
+    after = Ticket("e", 1, 3, ready=True)
+    assert ahead_of(me, [running, finished, before, downloading, me, after]) == 2
 
 
 def test_admission_beyond_capacity_is_refused_without_a_place():

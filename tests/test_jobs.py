@@ -11,7 +11,7 @@ import pytest
 from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
 from inpaint.events import SessionRef
-from inpaint.firebase import Claim, ClaimOutcome, LeaseLostError
+from inpaint.firebase import UNCHANGED, Claim, ClaimOutcome, LeaseLostError
 from inpaint.jobs import (
     MAX_SEED,
     Heartbeat,
@@ -84,7 +84,7 @@ class _LostLeaseStore:
     def __init__(self) -> None:
         self.heartbeats = 0
 
-    def heartbeat(self, claim, progress, queue_position=None) -> None:
+    def heartbeat(self, claim, progress, queue_position=UNCHANGED) -> None:
         self.heartbeats += 1
         raise LeaseLostError("the app cancelled the job")
 
@@ -128,3 +128,31 @@ def test_no_new_job_starts_once_the_instance_is_shutting_down():
     event = from_http(*eventlib.pubsub_binary("u", "s"))
     with pytest.raises(ShutdownError):
         handle_event(event, no_store, no_store, SETTINGS, shutdown=shutdown)
+
+
+class _RecordingStore:
+    def __init__(self) -> None:
+        self.heartbeats = 0
+        self.beat = threading.Event()
+
+    def heartbeat(self, claim, progress, queue_position=UNCHANGED) -> None:
+        self.heartbeats += 1
+        self.beat.set()
+
+
+def test_a_job_past_its_maximum_time_stops_renewing_its_lease():
+    """A hung job must not hold its session forever: once past INPAINT_MAX_JOB_SECONDS the
+    heartbeat stops (the lease expires, a redelivery takes over) and the job stops if it wakes."""
+    now = [0.0]
+    store = _RecordingStore()
+    settings = Settings(progress_interval_seconds=0.0, max_job_seconds=100.0)
+    heartbeat = Heartbeat(store, _claim(), settings, clock=lambda: now[0])  # type: ignore[arg-type]
+    with heartbeat:
+        assert store.beat.wait(10)  # renewing while within the time (the test's clock)
+        now[0] = 101.0  # the job has run for 101 s
+        heartbeat._thread.join(10)
+        assert not heartbeat._thread.is_alive()
+        renewals = store.heartbeats
+        with pytest.raises(LeaseLostError, match="INPAINT_MAX_JOB_SECONDS"):
+            heartbeat.progress(5, 10)
+    assert store.heartbeats == renewals

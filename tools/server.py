@@ -30,8 +30,8 @@ FAST_SETTINGS = {
     "INPAINT_IO_TIMEOUT_SECONDS": "3",
     "INPAINT_IO_DEADLINE_SECONDS": "4",
     "INPAINT_READY_WAIT_SECONDS": "10",
-    "INPAINT_MAX_QUEUED_JOBS": "8",  # as many as the threads: tests post bursts themselves
-    "THREADS": "8",
+    "INPAINT_MAX_QUEUED_JOBS": "8",  # tests post bursts of up to 8 jobs themselves
+    "THREADS": "12",  # + 4 for probes and quickly refused copies, as in production
 }
 
 

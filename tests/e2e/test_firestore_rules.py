@@ -117,16 +117,17 @@ class App:
 
     # -- what the app does ------------------------------------------------------------------
 
-    def stamp(self, user: str) -> dict:
-        return self._write(f"users/{user}", {"lastJobAt": NOW}, create=False, merge=True)
+    def stamp(self, user: str, session: str) -> dict:
+        fields = {"lastJobAt": NOW, "lastJobSession": session}
+        return self._write(f"users/{user}", fields, create=False, merge=True)
 
     def create_job(self, user: str, session: str, fields: dict, *, stamp: bool = True) -> int:
         job = self._write(f"users/{user}/sessions/{session}", fields, create=True, merge=False)
-        return self.commit(job, *([self.stamp(user)] if stamp else []))
+        return self.commit(job, *([self.stamp(user, session)] if stamp else []))
 
     def update_job(self, user: str, session: str, fields: dict, *, stamp: bool = False) -> int:
         job = self._write(f"users/{user}/sessions/{session}", fields, create=False, merge=True)
-        return self.commit(job, *([self.stamp(user)] if stamp else []))
+        return self.commit(job, *([self.stamp(user, session)] if stamp else []))
 
 
 OK, DENIED = 200, 403
@@ -257,13 +258,27 @@ def test_a_job_without_the_rate_limit_stamp_is_refused(world):
     assert world["app"].create_job(world["me"], _session(world), NEW_JOB, stamp=False) == DENIED
 
 
+def test_one_stamp_cannot_cover_two_jobs_of_one_batch(world):
+    app, me = world["app"], world["me"]
+    first, second = _session(world), _session(world)
+    jobs = [
+        app._write(f"users/{me}/sessions/{s}", NEW_JOB, create=True, merge=False)
+        for s in (first, second)
+    ]
+    assert app.commit(*jobs, app.stamp(me, first)) == DENIED
+    assert app.commit(jobs[0], app.stamp(me, second)) == DENIED  # a stamp for another session
+    assert app.commit(jobs[0], app.stamp(me, first)) == OK
+
+
 def test_one_job_per_30_seconds_per_user(world):
     app, me = world["app"], world["me"]
     assert app.create_job(me, _session(world), NEW_JOB) == OK
     assert app.create_job(me, _session(world), NEW_JOB) == DENIED  # at once: too soon
     # A stamp with a time of the client's choosing, or set back to the past, is refused.
     past = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    user_write = app._write(f"users/{me}", {"lastJobAt": past}, create=False, merge=True)
+    user_write = app._write(
+        f"users/{me}", {"lastJobAt": past, "lastJobSession": "x"}, create=False, merge=True
+    )
     assert app.commit(user_write) == DENIED
     assert app.delete(f"users/{me}") == DENIED  # deleting the stamp would reset the limit
     _long_ago(world)  # 30 s pass (the test owns this clock)
@@ -385,7 +400,7 @@ def test_update(world, case, status, who, fields, stamped, expected):
         # The stranger stamps its own user document: still not allowed to touch ours.
         path = f"users/{world['me']}/sessions/{session}"
         job = client._write(path, fields, create=False, merge=True)
-        code = client.commit(job, client.stamp(world["other"]))
+        code = client.commit(job, client.stamp(world["other"], session))
     else:
         code = client.update_job(world["me"], session, fields, stamp=stamped)
     assert code == expected
