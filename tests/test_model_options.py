@@ -126,3 +126,45 @@ def test_attention_backend_and_step_cache_are_applied(tiny_model_dir):
     again = model.generate(image, mask, params(steps=4))  # cache state is reset per job
     assert out.size == image.size and out.mode == "RGB"
     assert np.array_equal(np.asarray(out), np.asarray(again))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_job_stopped_mid_denoising_leaves_no_step_cache_state_for_the_next(tiny_model_dir):
+    """A cancel, lost lease or SIGTERM raises from the step callback, skipping the pipeline's
+    own clean-up at its end: the first-block cache must still start the next job empty. (With
+    threshold 1.0 and another seed first, a stale cache changes this job's pixels: measured.)"""
+    options = settings(tiny_model_dir, step_cache_threshold=1.0)
+    stopped = InpaintModel.load(options)
+    fresh = InpaintModel.load(options)
+    image, mask = inputs()
+    other_job = GenerationParams(prompt="a cat on a sofa", seed=4, steps=6, guidance=30.0)
+
+    def stop_after_the_first_step(step: int, total: int) -> None:
+        if step == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        stopped.generate(image, mask, other_job, on_step=stop_after_the_first_step)
+    after_stop = stopped.generate(image, mask, params(steps=6))
+    clean = fresh.generate(image, mask, params(steps=6))
+    assert np.array_equal(np.asarray(after_stop), np.asarray(clean))
+
+
+def test_the_model_loads_and_paints_in_bfloat16(tiny_model_dir):
+    """Production runs bfloat16 (`dtype: auto` picks it on a GPU): the dtypes of the parts
+    that compute, and one whole step, on the tiny model."""
+    model = InpaintModel.load(settings(tiny_model_dir, dtype="bfloat16"))
+    assert model.dtype_name == "bfloat16"
+    assert model.pipe.vae.dtype == torch.bfloat16
+    transformer = model.pipe.transformer
+    dense = [p for p in transformer.parameters() if p.dtype.is_floating_point]
+    assert dense and {p.dtype for p in dense} <= {torch.bfloat16, torch.uint8}
+    embeds, pooled = model.encode_prompt("a cat on a sofa")
+    assert embeds.dtype == pooled.dtype == torch.bfloat16
+    image, mask = inputs()
+    out = model.generate(image, mask, params(steps=1))
+    assert out.size == image.size and out.mode == "RGB"
+    assert np.asarray(out).std() > 0  # painted something, not a blank or NaN image

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -247,6 +248,18 @@ class InpaintModel:
             return transformer.cache_context("cond")
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def _cleanup_on_stop(self) -> Iterator[None]:
+        """What the pipeline does at its end, also when a job stops mid-denoising (cancel,
+        lease lost, SIGTERM raise from the step callback): ``maybe_free_model_hooks`` resets
+        stateful hooks (the first-block cache's residuals, else carried into the next job) and
+        offloads models when CPU offload is on."""
+        try:
+            yield
+        except BaseException:
+            self.pipe.maybe_free_model_hooks()
+            raise
+
     def generate(
         self,
         image: Image.Image,
@@ -282,7 +295,7 @@ class InpaintModel:
             generator = torch.Generator("cpu").manual_seed(params.seed)
             # no_grad, not inference_mode: offload hooks move parameters during the call, and
             # parameters turned into inference tensors would break later (grad-mode) use.
-            with torch.no_grad(), self._step_cache_scope():
+            with torch.no_grad(), self._step_cache_scope(), self._cleanup_on_stop():
                 result = self.pipe(
                     image=rgb,
                     mask_image=gray,
