@@ -145,7 +145,7 @@ class GpuQueue:
             self._cond.notify_all()
 
     def snapshot(self) -> dict[str, int]:
-        """Counts for logs and /ready: admitted, waiting (ready), running."""
+        """Counts of the tickets by state (admitted, waiting, finishing, running)."""
         with self._cond:
             return {
                 "admitted": len(self._tickets),

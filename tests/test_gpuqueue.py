@@ -118,27 +118,34 @@ def test_a_waiting_job_hears_its_position_and_gets_the_gpu_when_the_holder_relea
     assert queue.snapshot()["admitted"] == 0
 
 
+def _waiter(queue: GpuQueue, ticket: Ticket, check) -> tuple[threading.Thread, list]:
+    """A started thread waiting for ``ticket``'s turn; the list gets what stopped it."""
+    outcome: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            queue.wait_turn(ticket, check=check)
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    return thread, outcome
+
+
 def test_a_waiting_job_stops_at_once_when_its_check_raises_after_a_wake():
     queue = GpuQueue(poll_seconds=3600)  # only a wake can make it look again
     holder, waiter = queue.admit("a", 4), queue.admit("b", 4)
     queue.wait_turn(holder, check=lambda: None)
     lost = threading.Event()
     checked = threading.Event()
-    outcome: list[BaseException] = []
 
     def check() -> None:
         checked.set()
         if lost.is_set():
             raise RuntimeError("the app cancelled the job")
 
-    def job() -> None:
-        try:
-            queue.wait_turn(waiter, check=check)
-        except RuntimeError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
+    thread, outcome = _waiter(queue, waiter, check)
     assert checked.wait(10)
     lost.set()
     queue.wake()  # what the heartbeat does when it finds the lease gone
@@ -157,20 +164,12 @@ def test_a_waiting_job_sees_sigterm_without_a_wake():
     holder, waiter = queue.admit("a", 4), queue.admit("b", 4)
     queue.wait_turn(holder, check=lambda: None)
     shutdown = threading.Event()
-    outcome: list[BaseException] = []
 
     def check() -> None:
         if shutdown.is_set():
             raise RuntimeError("the instance is shutting down")
 
-    def job() -> None:
-        try:
-            queue.wait_turn(waiter, check=check)
-        except RuntimeError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
+    thread, outcome = _waiter(queue, waiter, check)
     shutdown.set()
     thread.join(30)
     assert not thread.is_alive() and outcome and not waiter.running

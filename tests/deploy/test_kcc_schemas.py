@@ -44,7 +44,6 @@ def schema_for(document: dict) -> dict:
     path = CRDS / f"{document['kind']}.{version}.json"
     assert path.exists(), f"no CRD schema for {document['kind']} {version} in {CRDS}"
     schema = json.loads(path.read_text())
-    schema = copy.deepcopy(schema)
     # The CRD's group is fixed by the file; apiVersion and kind are checked here.
     assert group.endswith(".cnrm.cloud.google.com")
     return closed(schema)

@@ -30,29 +30,28 @@ def test_there_are_the_two_workflows():
     assert [w.name for w in WORKFLOWS] == ["ci.yml", "deploy.yml"]
 
 
-def test_the_workflows_match_githubs_schema():
-    tool = shutil.which("check-jsonschema", path=str(BIN))
-    assert tool, "check-jsonschema is pinned in requirements-dev.txt"
-    result = subprocess.run(
-        [tool, "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+def _run_on_the_workflows(name: str, *args: str) -> subprocess.CompletedProcess:
+    """A linter of the venv (pinned in requirements-dev.txt) over both workflow files."""
+    tool = shutil.which(name, path=str(BIN))
+    assert tool, f"{name} is pinned in requirements-dev.txt"
+    return subprocess.run(
+        [tool, *args, *map(str, WORKFLOWS)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+    )
+
+
+def test_the_workflows_match_githubs_schema():
+    result = _run_on_the_workflows(
+        "check-jsonschema", "--builtin-schema", "vendor.github-workflows"
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_zizmor_finds_nothing():
-    tool = shutil.which("zizmor", path=str(BIN))
-    assert tool, "zizmor is pinned in requirements-dev.txt"
-    result = subprocess.run(
-        [tool, "--offline", "--no-progress", "--persona", "auditor", *map(str, WORKFLOWS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run_on_the_workflows("zizmor", "--offline", "--no-progress", "--persona", "auditor")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
