@@ -180,7 +180,7 @@ def prepare(args: argparse.Namespace) -> None:
         build_tiny_model(args.model_dir, quant=args.quant)
     elif not (args.model_dir / "base" / "model_index.json").is_file():
         raise SystemExit(f"{args.model_dir}: build it with perf_bench.py --scale full --build-only")
-    from inpaint.prompts import write_builder_embeddings
+    from inpaint.model import write_builder_embeddings
 
     write_builder_embeddings(args.model_dir, (args.dtype,))
 

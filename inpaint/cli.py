@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from inpaint.config import QUANTS, Settings
+from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError, PermanentError
 from inpaint.weights import WeightsDownloadError
+from inpaint.weights_dir import QUANTS
 
 log = logging.getLogger("inpaint.cli")
 DEFAULT_TINY_DIR = Path("build/tiny-model")

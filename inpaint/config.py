@@ -16,8 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Quant = Literal["Q3_K_S", "Q4_0", "Q4_1", "Q4_K_S", "Q5_0", "Q5_1", "Q5_K_S", "Q6_K", "Q8_0"]
-QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
+from inpaint.weights_dir import Quant, gguf_filename
 
 # Cloud Run, us-east4 tier-1 instance-based billing (CPU always allocated), Nov 2026 price list:
 # NVIDIA L4 without zonal redundancy $0.0001867/s + 8 vCPU x $0.000018/s + 32 GiB x $0.000002/s.
@@ -193,11 +192,6 @@ class Settings(BaseSettings):
         if self.bucket:
             return self.bucket
         return f"{self.project_id}.firebasestorage.app" if self.project_id else None
-
-
-def gguf_filename(quant: str) -> str:
-    """File name used by YarvixPA/FLUX.1-Fill-dev-gguf and by our weights directory."""
-    return f"flux1-fill-dev-{quant}.gguf"
 
 
 @lru_cache(maxsize=1)

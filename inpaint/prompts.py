@@ -1,8 +1,9 @@
-"""Precomputed prompt embeddings: written with the weights, read instead of running CLIP and T5.
+"""Precomputed prompt embeddings: the reader (keys, manifest, store), without torch.
 
 Almost every job uses the default prompt, whose embeddings are a few megabytes, while computing
 them needs T5-XXL (9.5 GB) and CLIP in memory. ``python -m inpaint weights`` (and the random
-model builders, through the same ``write_embeddings``) stores them in the weights directory::
+model builders, through the same ``inpaint.model.write_embeddings``) stores them in the weights
+directory::
 
     DIR/prompt-embeddings/manifest.json        the keys, and what the encoders' files were
     DIR/prompt-embeddings/<key digest>.safetensors   prompt_embeds (1, L, D) + pooled (1, D')
@@ -16,7 +17,8 @@ start-up reads a few MiB instead of T5's 9.5 GB; any real change of weights (ano
 another random seed) changes every block. A directory built with ``--no-text-encoders`` has no
 encoder files left: its manifest keeps the fingerprint and sequence length they had.
 
-Heavy imports (torch via safetensors, diffusers via ``inpaint.model``) happen inside functions.
+The writer, which runs the text encoders, is ``inpaint.model.embeddings``; this module imports
+no torch (``EmbeddingStore.load`` imports safetensors' torch reader when a tensor is read).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from inpaint.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -239,90 +241,5 @@ class EmbeddingStore:
 def deployment_prompts(extra: Iterable[str] = ()) -> list[str]:
     """The prompts a build precomputes: the default (``INPAINT_DEFAULT_PROMPT``), the
     deployment's ``INPAINT_EXTRA_PROMPTS``, then ``extra``; each once, in that order."""
-    from inpaint.config import Settings
-
     settings = Settings()
     return list(dict.fromkeys([settings.default_prompt, *settings.extra_prompts, *extra]))
-
-
-def write_builder_embeddings(model_dir: Path, dtypes: Iterable[str]) -> Manifest:
-    """The random model builders' hook: the deployment's prompts, as the weights command."""
-    return write_embeddings(model_dir, deployment_prompts(), dtypes)
-
-
-def write_embeddings(
-    model_dir: Path,
-    prompts: Iterable[str],
-    dtypes: Iterable[str] = ("bfloat16",),
-    *,
-    omit_text_encoders: bool = False,
-) -> Manifest:
-    """Computes and stores the embeddings of ``prompts`` in each of ``dtypes`` (on the CPU,
-    with the production text pipeline), keeping entries that are still valid and dropping the
-    ones made from other files; then, if asked, deletes the text encoders and tokenizers.
-
-    Idempotent: entries already present are not recomputed (and nothing is loaded then).
-    """
-    model_dir = Path(model_dir)
-    base = model_dir / "base"
-    old = read_manifest(model_dir)
-    store = EmbeddingStore(model_dir, old)
-    if store.fingerprint is None:
-        raise FileNotFoundError(f"no tokenizer/text encoder files under {base}")
-    root = model_dir / STORE_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    kept = [e for e in (old.entries if old else ()) if e.fingerprint == store.fingerprint]
-    wanted = [store.key(p, d) for d in dict.fromkeys(dtypes) for p in dict.fromkeys(prompts)]
-    todo = [k for k in wanted if k not in kept or not (root / k.file_name()).is_file()]
-    if todo and not store.text_encoders_present:
-        raise FileNotFoundError(
-            f"cannot compute embeddings for {len(todo)} prompt(s): {base} has no text encoders"
-        )
-    for dtype in dict.fromkeys(k.dtype for k in todo):
-        _compute(base, root, [k for k in todo if k.dtype == dtype], dtype)
-    entries = tuple(dict.fromkeys([*kept, *todo]))
-    for stale in root.glob("*.safetensors"):
-        if stale.name not in {e.file_name() for e in entries}:
-            stale.unlink()
-    manifest = Manifest(
-        fingerprint=store.fingerprint,
-        max_sequence_length=store.max_sequence_length,
-        text_encoders_included=not omit_text_encoders and store.text_encoders_present,
-        entries=entries,
-    )
-    _write_atomic(root / MANIFEST_NAME, manifest.to_json() + "\n")
-    if omit_text_encoders:
-        for part in TEXT_PARTS:
-            shutil.rmtree(base / part, ignore_errors=True)
-        log.info("text encoders and tokenizers removed from %s", base)
-    log.info(
-        "prompt embeddings ready",
-        extra={"entries": len(entries), "computed": len(todo), "dir": str(root)},
-    )
-    return manifest
-
-
-def _compute(base: Path, root: Path, keys: Sequence[EmbeddingKey], dtype: str) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from inpaint.model import encode_with, load_text_pipeline, resolve_dtype
-
-    text = load_text_pipeline(base, resolve_dtype(dtype, "cpu"))
-    for key in keys:
-        with torch.no_grad():
-            embeds, pooled = encode_with(text, key.prompt, "cpu", key.max_sequence_length)
-        partial = root / (key.file_name() + ".partial")
-        tensors = {
-            "prompt_embeds": embeds.contiguous(),
-            "pooled_prompt_embeds": pooled.contiguous(),
-        }
-        save_file(tensors, str(partial), metadata={"prompt": key.prompt, "dtype": key.dtype})
-        partial.replace(root / key.file_name())
-    del text
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + f".{os.getpid()}.tmp")
-    partial.write_text(text)
-    partial.replace(path)

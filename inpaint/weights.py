@@ -8,23 +8,22 @@
 The base repository is gated (accept the licence on its Hub page, then use a read token) and
 holds 57 GB, of which we need ~10 GB: the transformer comes from the GGUF file instead of the
 23 GB diffusers shards, and the 23 GB BFL single-file checkpoint and the 335 MB ``ae`` are
-duplicates of what we take. ``missing_files`` is shared with the model loader so that "what the
-download writes" and "what the loader checks" cannot drift apart. huggingface_hub is imported
-lazily: the loader imports this module in a process that must stay offline.
+duplicates of what we take. What the download must leave behind is ``inpaint.weights_dir``'s
+``missing_files``, the same check the model loader runs, so the two cannot drift apart.
+huggingface_hub and torch are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from inpaint.config import QUANTS, gguf_filename
+from inpaint.weights_dir import QUANTS, TRANSFORMER_FILES, gguf_filename, missing_files
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,6 @@ BASE_COMPONENTS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "
 _COMPONENT_SUFFIXES = (".json", ".safetensors", ".txt", ".model")
 # Top-level files we keep: the pipeline's index, and the licence that travels with the weights.
 _TOP_LEVEL_FILES = ("model_index.json", "LICENSE.md")
-# The transformer's weights come from the GGUF file; only its config is needed (diffusers builds
-# the module from it: the GGUF file carries no usable config).
-_TRANSFORMER_FILES = ("transformer/config.json",)
 
 
 class WeightsDownloadError(RuntimeError):
@@ -61,7 +57,7 @@ def select_base_files(repo_files: Iterable[str]) -> list[str]:
 
 
 def _is_base_file(name: str) -> bool:
-    if name in _TOP_LEVEL_FILES or name in _TRANSFORMER_FILES:
+    if name in _TOP_LEVEL_FILES or name in TRANSFORMER_FILES:
         return True
     component, sep, rest = name.partition("/")
     return (
@@ -77,63 +73,6 @@ def gguf_repo_file(quant: str) -> str:
     if quant not in QUANTS:
         raise ValueError(f"unknown quantization {quant!r}; expected one of {', '.join(QUANTS)}")
     return gguf_filename(quant)
-
-
-def missing_files(base_dir: Path, gguf_path: Path, *, text_encoders: bool = True) -> list[Path]:
-    """Files the loader needs that are absent from a weights directory ([] when complete).
-
-    ``text_encoders=False`` skips CLIP, T5 and their tokenizers (a ``--no-text-encoders``
-    directory, whose prompts are all precomputed).
-
-    Accepts what both the real repository and the tiny test model contain: a component's
-    weights as one safetensors file or as an index plus every shard it names; CLIP's tokenizer
-    as vocab.json + merges.txt or tokenizer.json; T5's as spiece.model or tokenizer.json.
-    """
-    missing: list[Path] = []
-    if not gguf_path.is_file():
-        missing.append(gguf_path)
-    text_files = (
-        "text_encoder/config.json",
-        "text_encoder_2/config.json",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer_2/tokenizer_config.json",
-    )
-    for name in (
-        "model_index.json",
-        "scheduler/scheduler_config.json",
-        *_TRANSFORMER_FILES,
-        "vae/config.json",
-        *(text_files if text_encoders else ()),
-    ):
-        if not (base_dir / name).is_file():
-            missing.append(base_dir / name)
-    missing += _missing_weights(base_dir / "vae", "diffusion_pytorch_model")
-    if not text_encoders:
-        return missing
-    missing += _missing_weights(base_dir / "text_encoder", "model")
-    missing += _missing_weights(base_dir / "text_encoder_2", "model")
-    clip = base_dir / "tokenizer"
-    if not (clip / "tokenizer.json").is_file():
-        missing += [p for p in (clip / "vocab.json", clip / "merges.txt") if not p.is_file()]
-    t5 = base_dir / "tokenizer_2"
-    if not (t5 / "tokenizer.json").is_file() and not (t5 / "spiece.model").is_file():
-        missing.append(t5 / "spiece.model")
-    return missing
-
-
-def _missing_weights(folder: Path, stem: str) -> list[Path]:
-    """A component's safetensors: one file, or an index plus every shard it names."""
-    single = folder / f"{stem}.safetensors"
-    index = folder / f"{stem}.safetensors.index.json"
-    if single.is_file():
-        return []
-    if not index.is_file():
-        return [single]
-    try:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return [index]
-    return [folder / shard for shard in shards if not (folder / shard).is_file()]
 
 
 def resolve_token(token: str | None = None, token_file: Path | None = None) -> str | None:
@@ -251,7 +190,8 @@ def add_embedding_options(parser: argparse.ArgumentParser) -> None:
 
 def precompute_embeddings(args: argparse.Namespace) -> None:
     """Writes the prompt embeddings into ``args.dest`` (after the download)."""
-    from inpaint.prompts import deployment_prompts, write_embeddings
+    from inpaint.model import write_embeddings  # torch: only when embeddings are computed
+    from inpaint.prompts import deployment_prompts
 
     write_embeddings(
         args.dest,

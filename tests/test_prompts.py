@@ -24,7 +24,7 @@ from inpaint import prompts
 from inpaint.cli import main as cli_main
 from inpaint.config import DEFAULT_PROMPT, Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
-from inpaint.model import InpaintModel
+from inpaint.model import InpaintModel, write_embeddings
 from inpaint.prompts import EmbeddingKey, EmbeddingStore, find_entry
 from inpaint.vocabulary import GenerationParams
 
@@ -235,7 +235,7 @@ def test_no_text_encoders_build_refuses_other_prompts(model_copy, monkeypatch):
 def test_extra_prompts_from_the_environment_are_precomputed(model_copy, monkeypatch):
     monkeypatch.setenv("INPAINT_EXTRA_PROMPTS", '["a cat on a sofa"]')
     assert prompts.deployment_prompts(["a dog"]) == [DEFAULT_PROMPT, "a cat on a sofa", "a dog"]
-    manifest = prompts.write_embeddings(model_copy, prompts.deployment_prompts(), ["float32"])
+    manifest = write_embeddings(model_copy, prompts.deployment_prompts(), ["float32"])
     assert {e.prompt for e in manifest.entries} >= {DEFAULT_PROMPT, "a cat on a sofa"}
     model = InpaintModel.load(settings(model_copy))
     job(model, "a cat on a sofa")

@@ -12,7 +12,8 @@ import pytest
 from huggingface_hub.errors import GatedRepoError
 
 from inpaint import weights
-from inpaint.config import QUANTS, Settings
+from inpaint.config import Settings
+from inpaint.weights_dir import QUANTS, missing_files
 
 # black-forest-labs/FLUX.1-Fill-dev as listed by the Hub (images: the README's illustrations).
 REAL_REPO_FILES = [
@@ -167,7 +168,7 @@ def test_download_writes_the_layout_the_loader_reads(tmp_path, monkeypatch):
     assert (settings.base_dir / "transformer" / "config.json").is_file()
     assert not list(settings.base_dir.glob("transformer/*.safetensors"))
     assert not (settings.base_dir / "flux1-fill-dev.safetensors").exists()
-    assert weights.missing_files(settings.base_dir, settings.gguf_path) == []
+    assert missing_files(settings.base_dir, settings.gguf_path) == []
 
 
 def test_download_moves_a_gguf_fetched_elsewhere_into_place(tmp_path, monkeypatch):
@@ -195,9 +196,7 @@ def test_gated_repo_error_says_what_to_do(tmp_path, monkeypatch):
 
 def test_missing_files_reports_what_the_loader_needs(tmp_path):
     base = tmp_path / "base"
-    missing = {
-        str(p.relative_to(tmp_path)) for p in weights.missing_files(base, tmp_path / "f.gguf")
-    }
+    missing = {str(p.relative_to(tmp_path)) for p in missing_files(base, tmp_path / "f.gguf")}
     assert {"f.gguf", "base/model_index.json", "base/transformer/config.json"} <= missing
     assert "base/vae/diffusion_pytorch_model.safetensors" in missing
     assert "base/tokenizer/vocab.json" in missing and "base/tokenizer_2/spiece.model" in missing

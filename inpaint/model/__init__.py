@@ -8,6 +8,7 @@ ever fetched from the Hub at run time (a missing file is a deployment error, nam
 
 Rooms: ``checks`` (files, device, dtype, attention backend: refused before loading),
 ``encoders`` (prompt -> embeddings: cache, precomputed store, CLIP and T5 on demand),
+``embeddings`` (writes the precomputed store ``inpaint.prompts`` reads),
 ``mapped`` (the GGUF file as tensors viewing its memory map), ``layout`` (BFL names to
 diffusers', by views) and ``inpainter`` (``InpaintModel``: loading, speed-up settings, seeding,
 ``generate``).
@@ -33,6 +34,7 @@ from inpaint.model.checks import (
     resolve_dtype,
     weights_command,
 )
+from inpaint.model.embeddings import write_builder_embeddings, write_embeddings
 from inpaint.model.encoders import PromptEncoder, encode_with, load_text_pipeline
 from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel
 from inpaint.model.layout import is_bfl_layout, to_diffusers_layout
@@ -53,4 +55,6 @@ __all__ = [
     "resolve_dtype",
     "to_diffusers_layout",
     "weights_command",
+    "write_builder_embeddings",
+    "write_embeddings",
 ]

@@ -7,7 +7,7 @@ import torch
 
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
-from inpaint.weights import missing_files
+from inpaint.weights_dir import missing_files
 
 _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from inpaint.config import gguf_filename
 from inpaint.randmodel.gguf_file import tensor_specs, write_random_gguf
 from inpaint.randmodel.spec import (
     MODEL_INDEX_COMPONENTS,
@@ -35,6 +34,7 @@ from inpaint.randmodel.spec import (
     tiny_spec,
 )
 from inpaint.randmodel.tokenizers import clip_tokenizer, t5_tokenizer
+from inpaint.weights_dir import gguf_filename
 
 MARKER_NAME = ".random-model.json"
 LOCK_NAME = ".random-model.lock"
@@ -64,8 +64,8 @@ def build_model(
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest / LOCK_NAME):
         _build_locked(dest, spec, quant=quant, seed=seed, device=device)
-        if spec.text_encoders:  # the weights command's step (inpaint.prompts), same code
-            from inpaint.prompts import write_builder_embeddings
+        if spec.text_encoders:  # the weights command's step, same code
+            from inpaint.model import write_builder_embeddings
 
             # bfloat16: what a GPU runs; float32: what a CPU runs by default (tests, demo), too
             # big for T5-XXL at full size (19 GB).
