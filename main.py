@@ -6,7 +6,9 @@
   ``functions-framework --target health``.
 
 Importing this module starts loading the FLUX pipeline in the background (``inpaint.service``).
-Production serves both targets from one process: see ``inpaint/wsgi.py``.
+Production serves both targets from one process: ``inpaint/wsgi.py`` builds the event target's app
+from this file (functions-framework loads a target's source by path, as its CLI does) and adds
+the health routes from ``inpaint.probes``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ from inpaint.config import get_settings
 from inpaint.errors import DeliverLaterError
 from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
+from inpaint.probes import probe_response
 
 configure_logging()
-service.start_warmup()
+if service.launched_by_forking_cli():
+    # `functions-framework --target ...` imports this file in gunicorn's master, then forks the
+    # worker that serves: load there, not here (a CUDA context does not survive a fork).
+    service.warm_up_in_forked_workers()
+else:
+    service.WARMUP.start()
 
 
 @functions_framework.cloud_event
@@ -53,9 +61,4 @@ def deliver_later(error: DeliverLaterError) -> flask.Response:
 @functions_framework.http
 def health(request: flask.Request) -> flask.Response:
     """``/ready``: 200 once warmed up; anything else: liveness (503 only if warm-up failed)."""
-    is_ready_probe = request.path.rstrip("/").endswith("ready")
-    code, body = service.WARMUP.readiness() if is_ready_probe else service.WARMUP.health()
-    response = flask.jsonify(body)
-    response.status_code = code
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return probe_response(request)

@@ -7,10 +7,11 @@ that fails for a reason a retry can fix is retried a few times; after that (or a
 missing files) warm-up has failed for good and ``/health`` answers 503, so Cloud Run replaces
 the instance instead of feeding it events.
 
-The loader runs in the process that serves requests: if the module was imported before a fork
-(functions-framework's CLI imports it in gunicorn's parent), the child starts its own loader and
-the parent never loads one (see ``launched_by_forking_cli``): a CUDA context does not survive a
-fork, and a fork in the middle of an import leaves the child with half-imported modules.
+The loader runs in the process that serves requests. Production (``inpaint.wsgi`` under
+gunicorn, no preload) creates the app in its worker and starts loading there. Only the
+functions-framework CLI imports ``main.py`` before forking its worker; ``main.py`` then registers
+``warm_up_in_forked_workers`` so the child loads and the parent does not: a CUDA context does not
+survive a fork.
 """
 
 from __future__ import annotations
@@ -202,15 +203,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-os.register_at_fork(after_in_parent=WARMUP.abandon_if_loading, after_in_child=WARMUP.start)
+# For the functions-framework CLI only (local runs); production's gunicorn loads the app in its
+# worker and calls WARMUP.start() directly.
 
 
 def launched_by_forking_cli() -> bool:
     """True in the parent process of ``functions-framework --target ...``.
 
     That CLI imports ``main.py`` in gunicorn's master and then forks the worker; loading there
-    would be wasted (and on a GPU, a CUDA context does not survive the fork), so warm-up starts
-    in the worker instead (``os.register_at_fork`` below, or the first request).
+    would be wasted (and on a GPU, a CUDA context does not survive the fork).
     """
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return program == "functions-framework" or sys.argv[0].endswith(
@@ -218,10 +219,9 @@ def launched_by_forking_cli() -> bool:
     )
 
 
-def start_warmup() -> None:
-    """Starts loading the pipeline now, in the process that will serve requests."""
-    if not launched_by_forking_cli():
-        WARMUP.start()
+def warm_up_in_forked_workers() -> None:
+    """Loads in each forked worker instead of this process (a load already begun is dropped)."""
+    os.register_at_fork(after_in_parent=WARMUP.abandon_if_loading, after_in_child=WARMUP.start)
 
 
 def require_model() -> Any:

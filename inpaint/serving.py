@@ -9,4 +9,3 @@ from __future__ import annotations
 
 SERVE_ARGV: list[str] = ["gunicorn", "--config", "gunicorn.conf.py", "inpaint.wsgi:app"]
 EVENT_TARGET = "handle_session"
-HEALTH_TARGET = "health"

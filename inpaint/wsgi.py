@@ -1,7 +1,9 @@
 """The production WSGI app: one process serving the event target and the health routes.
 
-``functions_framework.create_app`` builds the CloudEvent app (it answers GET with 405), so the
-health target's routes are added to it. Event-level problems that a redelivery cannot fix (a body
+``functions_framework.create_app`` builds the CloudEvent app from ``main.py`` (the public way:
+the framework loads a target's source file by path, as its CLI does; the file's errorhandler is
+registered on this app then); the health routes come from ``inpaint.probes`` (the same answers as
+``main.health``). Event-level problems that a redelivery cannot fix (a body
 that is not a CloudEvent, a body over the size limit) are acknowledged with 200 and logged: any
 other status would make Pub/Sub redeliver them for a day. SIGTERM (Cloud Run stopping the
 instance) sets ``service.SHUTDOWN`` before gunicorn's own graceful exit: see
@@ -11,7 +13,6 @@ instance) sets ``service.SHUTDOWN`` before gunicorn's own graceful exit: see
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from werkzeug.exceptions import (
 
 from inpaint import service
 from inpaint.config import get_settings
-from inpaint.serving import EVENT_TARGET, HEALTH_TARGET
+from inpaint.probes import probe_response
+from inpaint.serving import EVENT_TARGET
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent.parent / "main.py"
@@ -35,10 +37,8 @@ SOURCE = Path(__file__).resolve().parent.parent / "main.py"
 def create_app() -> flask.Flask:
     """The event app with ``GET /health`` and ``GET /ready`` from the health target."""
     app = functions_framework.create_app(EVENT_TARGET, str(SOURCE), "cloudevent")
-    main = sys.modules[SOURCE.stem]
-    health_view = getattr(main, HEALTH_TARGET)
     for path, name in (("/health", "health"), ("/ready", "ready")):
-        app.add_url_rule(path, name, lambda: health_view(flask.request), methods=["GET"])
+        app.add_url_rule(path, name, lambda: probe_response(flask.request), methods=["GET"])
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
     app.before_request(_refuse_long_streamed_body)
     for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):

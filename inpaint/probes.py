@@ -1,0 +1,21 @@
+"""The health target's answers: ``/health`` (liveness) and ``/ready`` (readiness).
+
+One function for both ways of serving: ``main.health`` (the functions-framework CLI's HTTP
+target) and the production app's routes (``inpaint.wsgi``).
+"""
+
+from __future__ import annotations
+
+import flask
+
+from inpaint import service
+
+
+def probe_response(request: flask.Request) -> flask.Response:
+    """``/ready``: 200 once warmed up; anything else: liveness (503 only if warm-up failed)."""
+    is_ready_probe = request.path.rstrip("/").endswith("ready")
+    code, body = service.WARMUP.readiness() if is_ready_probe else service.WARMUP.health()
+    response = flask.jsonify(body)
+    response.status_code = code
+    response.headers["Cache-Control"] = "no-store"
+    return response
