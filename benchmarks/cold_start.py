@@ -102,7 +102,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this (fresh) process: load, warm up, a default-prompt job, a custom one."""
     from PIL import Image
 
-    from inpaint.vocabulary import GenerationParams
+    from inpaint.types import GenerationParams
 
     started = time.perf_counter()
     import inpaint.model as model_module  # torch/diffusers: the same in both modes

@@ -100,7 +100,7 @@ def one_step(model: object, prompt: str) -> dict[str, object]:
     from PIL import Image
 
     from inpaint.model import WARMUP_SIZE
-    from inpaint.vocabulary import GenerationParams
+    from inpaint.types import GenerationParams
 
     size = WARMUP_SIZE
     image = Image.new("RGB", (size, size), (128, 128, 128))

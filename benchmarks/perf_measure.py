@@ -256,7 +256,7 @@ def prime(ctx: Context) -> float:
 
 
 def run_job(ctx: Context, model: Any, image: Any, mask: Any, steps: int) -> tuple[float, Any]:
-    from inpaint.vocabulary import GenerationParams
+    from inpaint.types import GenerationParams
 
     params = GenerationParams(
         prompt=ctx.prompt, seed=ctx.args.seed, steps=steps, guidance=model.settings.guidance

@@ -29,7 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from inpaint.vocabulary import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
+from inpaint.types import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
 
 
 class Outcome(enum.StrEnum):

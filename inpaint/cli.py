@@ -1,7 +1,7 @@
 """Command line: ``python -m inpaint {run,weights,tiny}``.
 
 ``run`` repaints a local photo with the same code path as the cloud function (settings, model
-loading, ``inpaint.pipeline.repaint``); ``weights`` fetches the production weights; ``tiny``
+loading, ``inpaint.repaint.repaint``); ``weights`` fetches the production weights; ``tiny``
 builds the random tiny model used by tests and the demo.
 """
 
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from inpaint.model import InpaintModel
-    from inpaint.pipeline import Timings, repaint
-    from inpaint.vocabulary import GenerationParams
+    from inpaint.repaint import Timings, repaint
+    from inpaint.types import GenerationParams
 
     overrides: dict[str, Any] = {
         k: v

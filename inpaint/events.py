@@ -25,7 +25,7 @@ from google.events.cloud.firestore import DocumentEventData
 from google.events.cloud.pubsub import MessagePublishedData
 
 from inpaint.errors import InvalidRequestError
-from inpaint.vocabulary import QUEUED
+from inpaint.types import QUEUED
 
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 FIRESTORE_PREFIX = "google.cloud.firestore.document.v1."

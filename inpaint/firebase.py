@@ -38,7 +38,7 @@ from inpaint.cas import compare_and_set
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
-from inpaint.vocabulary import CANCELLED, COMPLETED, QUEUED
+from inpaint.types import CANCELLED, COMPLETED, QUEUED
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
 from inpaint.firebase import UNCHANGED, Claim, ClaimOutcome, FirebaseStore, LeaseLostError
 from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
-from inpaint.pipeline import QUEUE_STAGE, Model, Timings, repaint
-from inpaint.vocabulary import GenerationParams
+from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
+from inpaint.types import GenerationParams
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError
 from inpaint.model import InpaintModel, resolve_device, resolve_dtype
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
-from inpaint.vocabulary import GenerationParams
+from inpaint.types import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 

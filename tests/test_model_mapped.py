@@ -22,7 +22,7 @@ from PIL import Image
 from inpaint.config import Settings
 from inpaint.model import InpaintModel, load_gguf_mapped
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
-from inpaint.vocabulary import GenerationParams
+from inpaint.types import GenerationParams
 from tests.conftest import ROOT
 
 Q = gguf.GGMLQuantizationType

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from inpaint.config import Settings
 from inpaint.model import InpaintModel, check_attention_backend
-from inpaint.vocabulary import GenerationParams
+from inpaint.types import GenerationParams
 
 
 def settings(model_dir, **overrides) -> Settings:

@@ -26,7 +26,7 @@ from inpaint.config import DEFAULT_PROMPT, Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
 from inpaint.model import InpaintModel, write_embeddings
 from inpaint.prompts import EmbeddingKey, EmbeddingStore, find_entry
-from inpaint.vocabulary import GenerationParams
+from inpaint.types import GenerationParams
 
 KEY = EmbeddingKey("a cat", 512, "f" * 64, "bfloat16")
 

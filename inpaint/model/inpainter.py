@@ -40,7 +40,7 @@ from inpaint.model.encoders import Embeddings, PromptEncoder
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 from inpaint.prompts import EmbeddingStore
-from inpaint.vocabulary import GenerationParams, ProgressCallback
+from inpaint.types import GenerationParams, ProgressCallback
 
 logger = logging.getLogger(__name__)
 

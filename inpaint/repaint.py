@@ -17,7 +17,7 @@ from PIL import Image
 
 from inpaint import imaging
 from inpaint.config import Settings
-from inpaint.vocabulary import GenerationParams, ProgressCallback
+from inpaint.types import GenerationParams, ProgressCallback
 
 
 class Model(Protocol):
