@@ -63,3 +63,22 @@ def test_the_weights_layout_and_prompt_reader_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += graph.get(name, ())
+    return seen
+
+
+def test_the_serving_path_never_imports_the_random_model_builder():
+    """``inpaint.randmodel`` serves the CLI's ``tiny`` command, the tests and the image's tiny
+    weights stage; nothing the production app imports may reach it."""
+    graph = import_graph()
+    served = _reachable(graph, "inpaint.wsgi") | _reachable(graph, "inpaint.jobs")
+    assert {"inpaint.service", "inpaint.model.inpainter", "inpaint.firebase"} <= served
+    assert not {name for name in served if name.startswith("inpaint.randmodel")}
