@@ -25,7 +25,10 @@ DOCKER = Path("/usr/bin/docker")
 DOCKERD = Path("/usr/sbin/dockerd")
 DEBOOTSTRAP = Path("/usr/sbin/debootstrap")
 APT_PACKAGES = ("docker.io", "debootstrap", "iptables")
-DATA_ROOT = Path(os.environ.get("INPAINT_DOCKER_ROOT", ROOT / "build" / "docker"))
+# Outside the clone, so every clone on a machine reuses the engine's base image and layer cache
+# (a fresh clone's first `make test` then builds only what changed).
+CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+DATA_ROOT = Path(os.environ.get("INPAINT_DOCKER_ROOT") or CACHE_HOME / "pawfect-edit" / "docker")
 
 
 class ImageError(RuntimeError):
