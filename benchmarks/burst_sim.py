@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 import simpy
 
 # L4 job times, estimated (no L4 has run this service yet): ~2 s per step at 1 MP with the GGUF
-# transformer (docs/performance.md, from the L4's measured bf16 matmul rate), so 28 steps
+# transformer (docs/delivery.md: the compute bound at about half the L4's spec), so 28 steps
 # ~55-60 s; smaller crops and the FP8/step-cache profiles are faster. The longest job the
 # settings allow is INPAINT_MAX_STEPS = 50 steps plus decoding, VAE and upload.
 L4_JOB_S: tuple[tuple[float, float], ...] = ((20.0, 20.0), (30.0, 30.0), (60.0, 60.0), (20.0, 60.0))

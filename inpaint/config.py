@@ -40,10 +40,19 @@ class Settings(BaseSettings):
         Path("weights"),
         description="Directory written by `python -m inpaint weights` (base/ + the GGUF file).",
     )
-    quant: Quant = "Q4_0"
+    quant: Quant = Field(
+        "Q4_0",
+        description="GGUF quantization: loads flux1-fill-dev-<QUANT>.gguf from the model dir.",
+    )
     gguf_file: Path | None = Field(None, description="Explicit GGUF path; overrides quant.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: CUDA when present, else CPU.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
     cpu_offload: bool = Field(False, description="Model CPU offload, for GPUs under 24 GB.")
     dequantize: bool = Field(
         False, description="Dequantize GGUF weights once at load (faster steps, more memory)."
@@ -55,7 +64,12 @@ class Settings(BaseSettings):
         description="Steps of the warm-up inference before /ready; 0 skips it (ready once "
         "loaded; the first job then pays the first-call costs and, on CPU, reads the weights).",
     )
-    prompt_cache_size: int = Field(32, ge=0, le=4096)
+    prompt_cache_size: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="Prompts whose CLIP/T5 embeddings stay in memory; 0 turns it off.",
+    )
     prompt_embeddings: bool = Field(
         True,
         description="Use the prompt embeddings precomputed in the weights directory (then the "
@@ -72,19 +86,50 @@ class Settings(BaseSettings):
     )
 
     # --- generation ------------------------------------------------------------------------
-    default_prompt: str = Field(DEFAULT_PROMPT, min_length=1)
-    guidance: float = Field(30.0, ge=0.0, le=100.0)
-    steps: int = Field(28, ge=1, le=100)
-    max_steps: int = Field(50, ge=1, le=200)
-    max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+    default_prompt: str = Field(
+        DEFAULT_PROMPT, min_length=1, description="Used when the session document has no prompt."
+    )
+    guidance: float = Field(
+        30.0, ge=0.0, le=100.0, description="Default guidance scale (FLUX Fill needs about 30)."
+    )
+    steps: int = Field(
+        28, ge=1, le=100, description="Default denoising steps; at most INPAINT_MAX_STEPS."
+    )
+    max_steps: int = Field(50, ge=1, le=200, description="Most steps a document may ask for.")
+    max_prompt_chars: int = Field(
+        2000, ge=1, le=100_000, description="Longer prompts are refused; the default must fit."
+    )
 
     # --- images ----------------------------------------------------------------------------
-    max_input_bytes: int = Field(40 * 1024 * 1024, ge=1024)
-    max_input_pixels: int = Field(50_000_000, ge=1)
-    work_megapixels: float = Field(1.0, gt=0.01, le=4.0)
-    crop_margin: float = Field(0.5, ge=0.0, le=10.0)
-    feather_px: int = Field(8, ge=0, le=256)
-    dilate_px: int = Field(4, ge=0, le=256)
+    max_input_bytes: int = Field(
+        40 * 1024 * 1024,
+        ge=1024,
+        description="Per input file, checked from Storage metadata before the download.",
+    )
+    max_input_pixels: int = Field(
+        50_000_000, ge=1, description="Per image, checked from its header before decoding."
+    )
+    work_megapixels: float = Field(
+        1.0,
+        gt=0.01,
+        le=4.0,
+        description="The model's resolution budget for the crop around the mask.",
+    )
+    crop_margin: float = Field(
+        0.5,
+        ge=0.0,
+        le=10.0,
+        description="Context around the mask's bounding box, a fraction of its size.",
+    )
+    feather_px: int = Field(
+        8, ge=0, le=256, description="Paste-back blend width, in original pixels."
+    )
+    dilate_px: int = Field(
+        4,
+        ge=0,
+        le=256,
+        description="The mask grows by this before the paste-back, in original pixels.",
+    )
 
     # --- Firebase --------------------------------------------------------------------------
     project_id: str | None = Field(
@@ -92,23 +137,52 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(
             "INPAINT_PROJECT_ID", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"
         ),
+        description="Firebase (Google Cloud) project.",
     )
     bucket: str | None = Field(
-        None, validation_alias=AliasChoices("INPAINT_BUCKET", "FIREBASE_STORAGE_BUCKET")
+        None,
+        validation_alias=AliasChoices("INPAINT_BUCKET", "FIREBASE_STORAGE_BUCKET"),
+        description="Storage bucket; unset: <project>.firebasestorage.app (projects created "
+        "before October 2024 need <project>.appspot.com).",
     )
     firebase_credentials: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("FIREBASE_CREDENTIALS")
+        None,
+        validation_alias=AliasChoices("FIREBASE_CREDENTIALS"),
+        description="Service-account JSON, plain or base64; unset: Application Default "
+        "Credentials (anonymous with the emulators).",
     )
 
     # --- job lifecycle ---------------------------------------------------------------------
-    lease_seconds: float = Field(180.0, gt=0.5, le=3600.0)
-    max_attempts: int = Field(5, ge=1, le=100)
+    lease_seconds: float = Field(
+        180.0,
+        gt=0.5,
+        le=3600.0,
+        description="Claim lease, renewed by the heartbeat while a job runs.",
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Deliveries of one request (each re-edit has its own budget) before a "
+        "transient fault marks the session failed.",
+    )
     # 24 h: the retention of the Eventarc trigger's subscription. A burst queues jobs for
     # N x job time; none of them may be failed as "expired" while Pub/Sub still redelivers it.
-    max_event_age_seconds: float = Field(86400.0, gt=0.0)
-    price_per_second: float = Field(L4_INSTANCE_PRICE_PER_SECOND, ge=0.0)
-    progress_interval_seconds: float = Field(3.0, ge=0.0)
-    max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    max_event_age_seconds: float = Field(
+        86400.0, gt=0.0, description='Older events are marked failed ("The request expired").'
+    )
+    price_per_second: float = Field(
+        L4_INSTANCE_PRICE_PER_SECOND,
+        ge=0.0,
+        description="US dollars per busy second, for the cost field (default: a Cloud Run L4 "
+        "instance with 8 vCPU and 32 GiB).",
+    )
+    progress_interval_seconds: float = Field(
+        3.0, ge=0.0, description="At most one progress write per interval (and 3 per lease)."
+    )
+    max_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger request bodies are acknowledged, not processed."
+    )
     io_timeout_seconds: float = Field(30.0, gt=0.0, description="One Firestore/Storage call.")
     io_deadline_seconds: float = Field(
         60.0, gt=0.0, description="Retries of one call give up after this (then redelivery)."
