@@ -92,7 +92,9 @@ def accepted_text(field: FieldInfo) -> str:
         parts.insert(0, f"{lower[2:]}\N{EN DASH}{upper[2:]}")
     else:
         parts[:0] = [bound for bound in (lower, upper) if bound]
-    if base is bool:
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        parts.insert(0, ", ".join(f"`{member.value}`" for member in base))
+    elif base is bool:
         parts.insert(0, "`true`/`false`")
     elif base is SecretStr:
         parts.insert(0, "secret")
