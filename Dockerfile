@@ -164,8 +164,23 @@ ARG QUANT
 # in /models and nothing may be fetched from the Hub at run time. NVIDIA_* are what CUDA base
 # images set so that the container runtime injects the driver; LD_LIBRARY_PATH covers platforms
 # that mount the driver under /usr/local/nvidia.
+# - INPAINT_DEVICE=cuda: this image needs its GPU. With `auto` a broken driver would make the
+#   instance fall back to the CPU, get ready, and time out every job; with `cuda` warm-up fails
+#   and /health answers 503, so Cloud Run replaces the instance. (-e INPAINT_DEVICE=cpu runs it
+#   on the CPU on purpose, as the tests do.)
+# - PYTORCH_ALLOC_CONF=expandable_segments:True: the working size differs from job to job; the
+#   allocator grows segments instead of keeping blocks of every earlier size (fragmentation).
+# - The root filesystem is read-only and $HOME is not writable: the compile caches (Triton,
+#   Inductor), the CUDA kernel cache and any other cache go to /tmp (Cloud Run's in-memory
+#   writable layer).
 ENV INPAINT_MODEL_DIR=/models \
     INPAINT_QUANT=${QUANT} \
+    INPAINT_DEVICE=cuda \
+    PYTORCH_ALLOC_CONF=expandable_segments:True \
+    TRITON_CACHE_DIR=/tmp/triton \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    CUDA_CACHE_PATH=/tmp/nv-compute-cache \
+    XDG_CACHE_HOME=/tmp/cache \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \

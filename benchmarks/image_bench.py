@@ -105,6 +105,7 @@ def cold_starts(engine: Engine, count: int) -> None:
         name = f"inpaint-bench-{uuid.uuid4().hex[:8]}"
         argv = ["run", "--detach", "--name", name, "--network", "host", "--read-only"]
         argv += ["--tmpfs", "/tmp", "--env", f"PORT={port}", "--env", "INPAINT_QUANT=Q4_0"]
+        argv += ["--env", "INPAINT_DEVICE=cpu"]  # the image requires a GPU; this engine has none
         started = time.monotonic()
         engine.docker(*argv, TAG)
         try:

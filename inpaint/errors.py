@@ -62,12 +62,26 @@ class PromptUnavailableError(PermanentError):
         )
 
 
-class ModelFilesMissingError(InpaintError):
+class StartupError(InpaintError):
+    """The deployment cannot serve as configured; loading again cannot help, so warm-up fails
+    at once and ``/health`` answers 503 (Cloud Run replaces the instance)."""
+
+
+class ModelFilesMissingError(StartupError):
     """Weights are not where the settings say; the message names the file and the fix."""
+
+
+class DeviceUnavailableError(StartupError):
+    """The configured device cannot be used (e.g. INPAINT_DEVICE=cuda and CUDA is broken)."""
 
 
 class TransientError(InpaintError):
     """A failure worth retrying: the event is answered with 5xx and redelivered."""
+
+
+class DeviceFailedError(TransientError):
+    """The GPU failed under a job (a fatal CUDA error, or out of memory): the job is
+    redelivered, and ``inpaint.gpuhealth`` decides whether this instance is still sound."""
 
 
 class DeliverLaterError(TransientError):

@@ -4,8 +4,10 @@ The pipeline is loaded by a background thread that starts when ``main`` is impor
 port is bound at once and ``/ready`` can answer 503 while the model loads; the warm-up
 inference (``INPAINT_WARMUP_STEPS``; 0 skips it) must pass before ``/ready`` says 200. A load
 that fails for a reason a retry can fix is retried a few times; after that (or at once for
-missing files) warm-up has failed for good and ``/health`` answers 503, so Cloud Run replaces
-the instance instead of feeding it events.
+missing files or an unusable device) warm-up has failed for good and ``/health`` answers 503, so
+Cloud Run replaces the instance instead of feeding it events. The same happens later when the
+GPU fails under jobs (``inpaint.gpuhealth``: a fatal CUDA error, or out of memory several jobs in
+a row).
 
 The loader runs in the process that serves requests. Production (``inpaint.wsgi`` under
 gunicorn, no preload) creates the app in its worker and starts loading there. Only the
@@ -30,7 +32,7 @@ from typing import Any
 import tenacity
 
 from inpaint.config import Settings, get_settings
-from inpaint.errors import ModelFilesMissingError, TransientError
+from inpaint.errors import StartupError, TransientError
 from inpaint.firebase import FirebaseStore
 from inpaint.gpuqueue import GpuQueue
 
@@ -55,6 +57,8 @@ class State(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    # Loaded, then its GPU failed under a job (``inpaint.gpuhealth``): replace the instance.
+    BROKEN = "broken"
 
 
 class Warmup:
@@ -97,7 +101,7 @@ class Warmup:
     def _run(self, generation: int) -> None:
         t0 = time.monotonic()
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_not_exception_type(ModelFilesMissingError),
+            retry=tenacity.retry_if_not_exception_type(StartupError),
             stop=tenacity.stop_after_attempt(LOAD_ATTEMPTS),
             wait=tenacity.wait_incrementing(LOAD_BACKOFF_SECONDS, LOAD_BACKOFF_SECONDS),
             after=_log_failed_load,
@@ -105,7 +109,7 @@ class Warmup:
         )
         try:
             model = retrying(self._loader)
-        except ModelFilesMissingError as exc:
+        except StartupError as exc:
             self._fail(generation, str(exc))
             return
         except Exception as exc:
@@ -126,28 +130,45 @@ class Warmup:
             self.state, self.error = State.FAILED, error
         log.critical("model warm-up failed for good: %s", error)
 
+    def _current(self) -> tuple[State, str | None]:
+        """The state, ``BROKEN`` once the loaded model's device health says so."""
+        health = getattr(self.model, "device_health", None)
+        broken = health.broken if health is not None else None
+        if self.state is State.READY and broken:
+            return State.BROKEN, broken
+        return self.state, self.error
+
     def require(self, timeout: float) -> Any:
-        """The ready model, waiting up to ``timeout``; else ``TransientError`` (redelivery)."""
+        """The ready model, waiting up to ``timeout``; else ``TransientError`` (redelivery).
+        A broken device takes no job: its redelivery should land on a sound instance."""
         self.start()
         if self._ready.wait(timeout) and self.model is not None:
+            state, error = self._current()
+            if state is State.BROKEN:
+                raise TransientError(f"this instance's GPU failed ({error}); deliver elsewhere")
             return self.model
         raise TransientError(f"the inpainting pipeline is not ready ({self.state.value})")
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """Liveness: sound unless warm-up failed for good."""
+        """Liveness: sound unless warm-up failed for good or the GPU failed under a job."""
         self.start()
-        code = 503 if self.state is State.FAILED else 200
-        return code, {"status": "unhealthy" if code == 503 else "ok", "model": self.state.value}
+        state, error = self._current()
+        unhealthy = state in (State.FAILED, State.BROKEN)
+        body: dict[str, Any] = {"status": "unhealthy" if unhealthy else "ok", "model": state.value}
+        if unhealthy and error:
+            body["error"] = error
+        return (503 if unhealthy else 200), body
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """Readiness: 200 once the model is loaded and its warm-up inference (if any) passed."""
         self.start()
-        body: dict[str, Any] = {"model": self.state.value}
-        if self.error:
-            body["error"] = self.error
+        state, error = self._current()
+        body: dict[str, Any] = {"model": state.value}
+        if error:
+            body["error"] = error
         if self.seconds is not None:
             body["warmupSeconds"] = self.seconds
-        return (200 if self.state is State.READY else 503), body
+        return (200 if state is State.READY else 503), body
 
 
 def load_and_warm(settings: Settings | None = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -14,8 +15,16 @@ from diffusers.quantizers.gguf.utils import GGUFLinear
 from PIL import Image
 
 from inpaint.config import Settings
-from inpaint.errors import ModelFilesMissingError
-from inpaint.model import InpaintModel, resolve_device, resolve_dtype
+from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
+from inpaint.model import (
+    WARMUP_SIZE,
+    InpaintModel,
+    choose_device,
+    compile_refusal,
+    resolve_device,
+    resolve_dtype,
+    warmup_side,
+)
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
 from inpaint.types import GenerationParams
 
@@ -171,9 +180,10 @@ def test_generation_is_serialised(model):
     assert events in (["x"] * 3 + ["y"] * 3, ["y"] * 3 + ["x"] * 3)
 
 
-def test_warm_up_runs_and_caches_the_default_prompt(model):
+def test_warm_up_runs_and_caches_the_default_prompt(model, caplog):
     model.load_text_encoders()  # loaded: then nothing but the cache can explain zero calls
     calls = EncoderCalls(model.pipe)
+    caplog.set_level(logging.INFO, logger="inpaint.model")
     try:
         model.warm_up()
         after_warm_up = dict(calls.count)
@@ -182,6 +192,9 @@ def test_warm_up_runs_and_caches_the_default_prompt(model):
         calls.remove()
     assert calls.count == after_warm_up
     assert model.prompts.is_cached(model.settings.default_prompt)
+    # The size it ran at and its peak memory (on a GPU: the allocator's peak and the total).
+    (warmed,) = [r for r in caplog.records if r.getMessage() == "model warmed up"]
+    assert warmed.size == WARMUP_SIZE and warmed.peakRssBytes > 0
 
 
 def test_zero_warm_up_steps_skip_the_inference(model, tiny_model_dir, caplog):
@@ -272,11 +285,64 @@ def test_device_and_dtype_selection(monkeypatch):
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16
     assert resolve_device("cpu") == "cpu"
-    with pytest.raises(ValueError, match="no CUDA"):
+    with pytest.raises(DeviceUnavailableError, match="INPAINT_DEVICE=cuda but torch sees no"):
         resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "expected"),
+    [
+        ("auto", True, "cuda"),
+        ("auto", False, "cpu"),  # a machine without a GPU, on purpose (tests, demos)
+        ("cpu", True, "cpu"),
+        ("cpu", False, "cpu"),
+        ("cuda", True, "cuda"),
+        ("cuda:1", True, "cuda:1"),
+        ("cuda", False, DeviceUnavailableError),  # the image: never a silent CPU fallback
+        ("cuda:0", False, DeviceUnavailableError),
+    ],
+)
+def test_choose_device(setting, cuda, expected):
+    if isinstance(expected, str):
+        assert choose_device(setting, cuda) == expected
+        return
+    with pytest.raises(expected) as info:
+        choose_device(setting, cuda, "RuntimeError: driver too old (found version 12020)")
+    assert f"INPAINT_DEVICE={setting}" in str(info.value)
+    assert "driver too old" in str(info.value)  # torch's own reason, for the operator
+
+
+@pytest.mark.parametrize(
+    ("compile_on", "on_gpu", "compiler", "refused"),
+    [
+        (False, True, None, False),
+        (True, False, None, False),  # the CPU ignores compile (with a warning)
+        (True, True, "/usr/bin/gcc", False),
+        (True, True, None, True),  # Triton would fail the first job
+    ],
+)
+def test_compile_is_refused_without_a_c_compiler(compile_on, on_gpu, compiler, refused):
+    reason = compile_refusal(compile_on, on_gpu, compiler)
+    assert (reason is not None) == refused
+    if refused:
+        assert "INPAINT_COMPILE" in reason and "C compiler" in reason
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "megapixels", "side"),
+    [
+        (True, 1.0, 992),  # the largest 1 MP working size: 992 x 992 (multiples of 16)
+        (True, 0.0625, 240),  # the test servers' budget
+        (True, 2.0, 1408),
+        (False, 1.0, 256),  # CPU: small, a full-size step there takes minutes
+        (False, 0.0625, 256),
+    ],
+)
+def test_warmup_side(on_gpu, megapixels, side):
+    assert warmup_side(on_gpu, megapixels) == side
 
 
 def test_bfl_layout_gguf_loads_and_generates():

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from inpaint import service
 from inpaint.config import Settings
-from inpaint.model import InpaintModel, check_attention_backend
+from inpaint.errors import DeviceFailedError, TransientError
+from inpaint.model import InpaintModel, check_attention_backend, encoders
 from inpaint.types import GenerationParams
 
 
@@ -75,14 +77,17 @@ def test_cuda_only_options_are_ignored_on_cpu_with_a_warning(tiny_model_dir, cap
 
 
 class MoveSpy:
-    """Records the devices a module is moved to (wraps the instance's ``to``)."""
+    """Records the devices a module is moved to (wraps the instance's ``to``), and whether the
+    model lock ``lock`` was held by the mover at that moment."""
 
-    def __init__(self, module):
+    def __init__(self, module, lock=None):
         self.devices: list[str] = []
+        self.locked: list[bool] = []
         original = module.to
 
         def to(*args, **kwargs):
             self.devices.append(str(args[0] if args else kwargs.get("device")))
+            self.locked.append(lock is not None and lock._is_owned())
             return original(*args, **kwargs)
 
         module.to = to
@@ -98,6 +103,28 @@ def test_parked_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_d
     second = model.generate(*inputs(), params(prompt="a dog on a sofa"))
     assert t5.devices == [model.device, "cpu"]  # cached: not moved again
     assert np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_text_encoders_move_only_under_the_model_lock(tiny_model_dir, monkeypatch):
+    """CLIP + T5 (~9.5 GB on the GPU) must never arrive while another job is denoising: their
+    move onto the device when first loaded, and every visit of parked encoders, hold the lock
+    that a job holds for its whole denoising."""
+    model = InpaintModel.load(settings(tiny_model_dir))
+    spies: list[MoveSpy] = []
+    real = encoders.load_text_pipeline
+
+    def spied(*args, **kwargs):
+        text = real(*args, **kwargs)
+        spies.extend(MoveSpy(m, model._lock) for m in (text.text_encoder, text.text_encoder_2))
+        return text
+
+    monkeypatch.setattr(encoders, "load_text_pipeline", spied)
+    model.generate(*inputs(), params(prompt="a dog on a sofa"))  # loaded, moved to the device
+    assert [spy.devices for spy in spies] == [[model.device]] * 2
+    model.prompts.text_encoder_home = "cpu"  # parked (the L4 profile): a visit per cache miss
+    model.generate(*inputs(), params(prompt="a cat in the grass"))
+    assert [spy.devices for spy in spies] == [[model.device, model.device, "cpu"]] * 2
+    assert all(locked for spy in spies for locked in spy.locked)
 
 
 def test_parked_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_model_dir, monkeypatch):
@@ -168,3 +195,53 @@ def test_the_model_loads_and_paints_in_bfloat16(tiny_model_dir):
     out = model.generate(image, mask, params(steps=1))
     assert out.size == image.size and out.mode == "RGB"
     assert np.asarray(out).std() > 0  # painted something, not a blank or NaN image
+
+
+def test_a_gpu_failure_under_jobs_is_transient_and_then_replaces_the_instance(
+    tiny_model_dir, monkeypatch
+):
+    """Out of memory: the job is redelivered (transient), the instance stays while a success
+    comes between; three in a row, or one fatal CUDA error, and /health answers 503 (Cloud
+    Run replaces the instance) and no job is taken any more."""
+    model = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    warmup = service.Warmup(lambda: model)
+    warmup._run(warmup._generation)
+    real_call = type(model.pipe).__call__
+
+    def failing(error):
+        def call(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(type(model.pipe), "__call__", call)
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+    for _ in range(2):
+        failing(oom)
+        with pytest.raises(DeviceFailedError, match="out_of_memory"):
+            model.generate(*inputs(), params())
+    monkeypatch.setattr(type(model.pipe), "__call__", real_call)
+    model.generate(*inputs(), params())  # a success in between: still sound
+    assert warmup.health()[0] == 200 and warmup.require(0) is model
+
+    failing(oom)
+    for _ in range(3):
+        with pytest.raises(DeviceFailedError):
+            model.generate(*inputs(), params())
+    code, body = warmup.health()
+    assert code == 503 and body["model"] == "broken"
+    assert "out of memory in 3 jobs in a row" in body["error"]
+    assert warmup.readiness()[0] == 503
+    with pytest.raises(TransientError, match="GPU failed"):
+        warmup.require(0)
+
+    fresh = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    failing(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    with pytest.raises(DeviceFailedError, match="fatal"):
+        fresh.generate(*inputs(), params())
+    assert "illegal memory access" in fresh.device_health.broken
+
+    failing(ValueError("not the device's fault"))  # raised as it is, the device stays sound
+    other = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    with pytest.raises(ValueError, match="not the device"):
+        other.generate(*inputs(), params())
+    assert other.device_health.broken is None

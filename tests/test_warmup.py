@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inpaint import service
-from inpaint.errors import ModelFilesMissingError
+from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
 
 
 def loader_failing(times: int, error: Exception):
@@ -27,8 +27,9 @@ def loader_failing(times: int, error: Exception):
         (2, RuntimeError("boom"), service.State.READY, 3, None),
         (3, RuntimeError("boom"), service.State.FAILED, 3, "RuntimeError: boom"),
         (1, ModelFilesMissingError("run the weights command"), service.State.FAILED, 1, None),
+        (1, DeviceUnavailableError("INPAINT_DEVICE=cuda"), service.State.FAILED, 1, None),
     ],
-    ids=["first try", "third try", "attempts spent", "missing files: no retry"],
+    ids=["first try", "third try", "attempts spent", "missing files: no retry", "no GPU: no retry"],
 )
 def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state, calls, message):
     monkeypatch.setattr(service, "LOAD_BACKOFF_SECONDS", 0.0)

@@ -30,13 +30,15 @@ os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
 from inpaint.model.checks import (
     check_attention_backend,
     check_model_files,
+    choose_device,
+    compile_refusal,
     resolve_device,
     resolve_dtype,
     weights_command,
 )
 from inpaint.model.embeddings import write_builder_embeddings, write_embeddings
 from inpaint.model.encoders import PromptEncoder, encode_with, load_text_pipeline
-from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel
+from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel, warmup_side
 from inpaint.model.layout import is_bfl_layout, to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 
@@ -47,6 +49,8 @@ __all__ = [
     "PromptEncoder",
     "check_attention_backend",
     "check_model_files",
+    "choose_device",
+    "compile_refusal",
     "encode_with",
     "is_bfl_layout",
     "load_gguf_mapped",
@@ -54,6 +58,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "to_diffusers_layout",
+    "warmup_side",
     "weights_command",
     "write_builder_embeddings",
     "write_embeddings",

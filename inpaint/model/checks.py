@@ -3,10 +3,13 @@ and attention backends that would reach the Hub. Cheap, so the service fails fas
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 
 from inpaint.config import Settings
-from inpaint.errors import ModelFilesMissingError
+from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
 from inpaint.weights_dir import missing_files
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -38,13 +41,59 @@ def check_model_files(settings: Settings, *, text_encoders: bool = True) -> None
     )
 
 
-def resolve_device(setting: str) -> str:
-    """``auto`` picks CUDA when present, else CPU; an explicit CUDA without one is an error."""
+def choose_device(setting: str, cuda_available: bool, cuda_problem: str | None = None) -> str:
+    """The device for ``INPAINT_DEVICE``: ``auto`` is CUDA when torch sees it, else CPU; an
+    explicit ``cuda`` without a usable GPU is refused, never quietly run on the CPU (an instance
+    would get ready and then time out every job). The image sets ``cuda``; ``cpu`` stays
+    possible on purpose (tests, demos)."""
     if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"INPAINT_DEVICE={setting} but torch sees no CUDA device")
+        return "cuda" if cuda_available else "cpu"
+    if setting.startswith("cuda") and not cuda_available:
+        why = f" ({cuda_problem})" if cuda_problem else ""
+        raise DeviceUnavailableError(
+            f"INPAINT_DEVICE={setting} but torch sees no usable CUDA device{why}; this "
+            "deployment needs a GPU (set INPAINT_DEVICE=cpu only to run on the CPU on purpose)"
+        )
     return setting
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used (driver missing or too old for the wheel...), as torch says it."""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch reports a broken driver as RuntimeError or AssertionError
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+def resolve_device(setting: str) -> str:
+    """``choose_device`` for this machine."""
+    available = torch.cuda.is_available()
+    problem = None if available or not setting.startswith("cuda") else cuda_problem()
+    return choose_device(setting, available, problem)
+
+
+def compile_refusal(compile_on: bool, on_gpu: bool, compiler: str | None) -> str | None:
+    """Why ``INPAINT_COMPILE`` cannot work here, or None. Inductor's Triton kernels need a C
+    compiler at run time (Triton builds its CUDA launcher with it, on the first compiled call),
+    so without one the first job would fail, not merely run slower. On the CPU compile is
+    ignored (with a warning), so nothing to refuse."""
+    if compile_on and on_gpu and compiler is None:
+        return (
+            "INPAINT_COMPILE=true needs a C compiler (gcc or $CC) for Triton, and there is none "
+            "on this machine; install one in the image or turn INPAINT_COMPILE off"
+        )
+    return None
+
+
+def find_c_compiler() -> str | None:
+    """The C compiler Triton would use (its ``runtime/build.py``): $CC, else gcc or clang."""
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["gcc", "clang"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def resolve_dtype(setting: str, device: str) -> torch.dtype:

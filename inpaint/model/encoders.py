@@ -134,10 +134,12 @@ class PromptEncoder:
             started = time.perf_counter()
             text = load_text_pipeline(self.settings.base_dir, self.dtype)
             offloaded = self.settings.cpu_offload and self.device.startswith("cuda")
-            if self.text_encoder_home is None and not offloaded:
-                text.text_encoder.to(self.device)
-                text.text_encoder_2.to(self.device)
             with self._model_lock:
+                # Onto the GPU only under the lock: never beside another job's denoising,
+                # whose activations would then have to share the memory with CLIP and T5.
+                if self.text_encoder_home is None and not offloaded:
+                    text.text_encoder.to(self.device)
+                    text.text_encoder_2.to(self.device)
                 self.pipe.register_modules(
                     text_encoder=text.text_encoder,
                     text_encoder_2=text.text_encoder_2,
@@ -166,7 +168,8 @@ class PromptEncoder:
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:
-        """Brings parked text encoders to the device for one encoding, then parks them again."""
+        """Brings parked text encoders to the device for one encoding, then parks them again.
+        Called under the model lock (``encode``), so the visit never overlaps a denoising."""
         home = self.text_encoder_home
         if home is None:
             yield

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,9 +31,14 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from inpaint.config import Settings
+from inpaint.errors import DeviceFailedError
+from inpaint.gpuhealth import DeviceHealth, Failure
+from inpaint.imaging import work_size_for
 from inpaint.model.checks import (
     check_attention_backend,
     check_model_files,
+    compile_refusal,
+    find_c_compiler,
     resolve_device,
     resolve_dtype,
 )
@@ -47,6 +53,14 @@ logger = logging.getLogger(__name__)
 # Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
 SIZE_MULTIPLE = 16
 WARMUP_SIZE = 256
+
+
+def warmup_side(on_gpu: bool, work_megapixels: float) -> int:
+    """The warm-up image's side. On a GPU the largest working size (a square of
+    ``work_megapixels``): an out-of-memory must show at warm-up, not in the first user's job,
+    and compiled kernels are then built for that size. On the CPU always ``WARMUP_SIZE``: a
+    full-size step there takes minutes, and the CPU path serves tests and demos."""
+    return work_size_for((1024, 1024), work_megapixels)[0] if on_gpu else WARMUP_SIZE
 
 
 class InpaintModel:
@@ -74,6 +88,7 @@ class InpaintModel:
         self.dequantized = False
         self.compiled = False
         self.load_seconds = 0.0
+        self.device_health = DeviceHealth()
         self._lock = threading.RLock()
         self.prompts = PromptEncoder(
             pipe,
@@ -129,6 +144,9 @@ class InpaintModel:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         on_gpu = device.startswith("cuda")
+        refusal = compile_refusal(settings.compile, on_gpu, find_c_compiler())
+        if refusal:
+            raise ValueError(refusal)
         if settings.cpu_offload and settings.dequantize:
             raise ValueError(
                 "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
@@ -290,13 +308,29 @@ class InpaintModel:
                 on_step(index + 1, total)
             return {}
 
+        with self._watching_device():
+            result = self._denoise(rgb, gray, params, step_end)
+        out: Image.Image = result.images[0]
+        if out.size != image.size:  # cannot happen for multiples of 16; never return a surprise
+            out = out.resize(image.size, Image.Resampling.LANCZOS)
+        return out if out.mode == "RGB" else out.convert("RGB")
+
+    def _denoise(
+        self,
+        rgb: Image.Image,
+        gray: Image.Image,
+        params: GenerationParams,
+        step_end: Callable[..., dict[str, Any]],
+    ) -> Any:
+        """The prompt's embeddings, then the pipeline under the model lock."""
+        height, width = rgb.height, rgb.width
         prompt_embeds, pooled = self.encode_prompt(params.prompt)  # may load encoders: unlocked
         with self._lock:
             generator = torch.Generator("cpu").manual_seed(params.seed)
             # no_grad, not inference_mode: offload hooks move parameters during the call, and
             # parameters turned into inference tensors would break later (grad-mode) use.
             with torch.no_grad(), self._step_cache_scope(), self._cleanup_on_stop():
-                result = self.pipe(
+                return self.pipe(
                     image=rgb,
                     mask_image=gray,
                     height=height,
@@ -310,10 +344,27 @@ class InpaintModel:
                     output_type="pil",
                     callback_on_step_end=step_end,
                 )
-        out: Image.Image = result.images[0]
-        if out.size != image.size:  # cannot happen for multiples of 16; never return a surprise
-            out = out.resize(image.size, Image.Resampling.LANCZOS)
-        return out if out.mode == "RGB" else out.convert("RGB")
+
+    @contextlib.contextmanager
+    def _watching_device(self) -> Iterator[None]:
+        """Tells ``device_health`` how each job went; a GPU failure is raised as
+        ``DeviceFailedError`` (transient: the job is redelivered, maybe to another instance)."""
+        try:
+            yield
+        except Exception as exc:
+            failure = self.device_health.record(exc)
+            if failure in (Failure.OOM, Failure.FATAL):
+                if failure is Failure.OOM:
+                    torch.cuda.empty_cache()  # the failed job's blocks, back for the next one
+                broken = self.device_health.broken
+                logger.error(
+                    "device failure: %s",
+                    exc,
+                    extra={"failure": failure.value, "instanceBroken": broken is not None},
+                )
+                raise DeviceFailedError(f"{failure.value}: {exc}") from exc
+            raise
+        self.device_health.record(None)
 
     def warm_up(self) -> None:
         """One small inference so the first real job does not pay first-call costs (CUDA
@@ -330,7 +381,8 @@ class InpaintModel:
             self.prompts.load_in_background()
 
     def _warm_up_step(self) -> None:
-        size = WARMUP_SIZE
+        on_gpu = self.device.startswith("cuda")
+        size = warmup_side(on_gpu, self.settings.work_megapixels)
         image = Image.new("RGB", (size, size), (128, 128, 128))
         mask = Image.new("L", (size, size), 0)
         mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
@@ -340,9 +392,29 @@ class InpaintModel:
             steps=self.settings.warmup_steps,
             guidance=self.settings.guidance,
         )
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         self.generate(image, mask, params)
         logger.info(
             "model warmed up",
-            extra={"warmupSeconds": round(time.perf_counter() - started, 2), "size": size},
+            extra={
+                "warmupSeconds": round(time.perf_counter() - started, 2),
+                "size": size,
+                **peak_memory(on_gpu),
+            },
         )
+
+
+def peak_memory(on_gpu: bool) -> dict[str, int]:
+    """The warm-up's memory figures for the log: on a GPU the allocator's peak and the device's
+    total (the headroom left at the largest working size); elsewhere the process's peak RSS."""
+    if on_gpu:
+        return {
+            "peakGpuBytes": torch.cuda.max_memory_allocated(),
+            "peakGpuReservedBytes": torch.cuda.max_memory_reserved(),
+            "gpuTotalBytes": torch.cuda.get_device_properties(
+                torch.cuda.current_device()
+            ).total_memory,
+        }
+    return {"peakRssBytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

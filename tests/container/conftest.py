@@ -104,16 +104,19 @@ def run_container(image, stack) -> Iterator[Callable[..., Container]]:
     /tmp, $PORT), pointed at the local stack; all are removed at the end of the module."""
     started: list[Container] = []
 
-    def run(**env: str) -> Container:
+    def run(**env: str | None) -> Container:
+        """``env`` adds or overrides variables; a None value leaves the image's own."""
         port = free_port()
         name = f"inpaint-test-{uuid.uuid4().hex[:8]}"
         # The image's own INPAINT_QUANT (the quantization its weights were built with) stays.
         fast = {k: v for k, v in FAST_SETTINGS.items() if k != "INPAINT_QUANT"}
-        settings = stack.env | fast | {"PORT": str(port)} | env
+        # The image requires a GPU (INPAINT_DEVICE=cuda); these containers have none.
+        settings = stack.env | fast | {"PORT": str(port), "INPAINT_DEVICE": "cpu"} | env
         argv = ["run", "--detach", "--name", name, "--network", "host", "--read-only"]
         argv += ["--tmpfs", "/tmp:rw,nosuid,nodev,size=512m"]
         for key, value in settings.items():
-            argv += ["--env", f"{key}={value}"]
+            if value is not None:
+                argv += ["--env", f"{key}={value}"]
         image.engine.docker(*argv, TAG)
         container = Container(image.engine, name, port)
         started.append(container)

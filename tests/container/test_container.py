@@ -4,8 +4,10 @@ a real container engine the way Cloud Run runs it, against the local stack."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import requests
 
 from tests.container.conftest import TAG, run_in_image
 from tests.e2e.test_function import SIZE, assert_completed
@@ -72,6 +74,46 @@ def test_health_200_while_loading_then_ready_503_then_200_on_a_read_only_root(ru
     logs = container.log_text()
     assert "Control server error" not in logs and "Read-only file system" not in logs, logs
     assert container.state()["Running"]
+
+
+CACHES = r"""
+import json, os, pathlib
+found = {}
+for var in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH", "XDG_CACHE_HOME"):
+    path = pathlib.Path(os.environ[var]) / "probe"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("ok")
+    found[var] = str(path.parent)
+print(json.dumps({"caches": found, "alloc": os.environ.get("PYTORCH_ALLOC_CONF"),
+                  "device": os.environ.get("INPAINT_DEVICE")}))
+"""
+
+
+def test_image_requires_a_gpu_and_keeps_compile_caches_writable(image, run_container):
+    """Without a GPU the image's own INPAINT_DEVICE=cuda refuses to start (/health 503 naming
+    the setting, no retries), instead of getting ready on the CPU and timing out every job; its
+    compile and kernel caches are writable on the read-only root, as the service user."""
+    facts = json.loads(run_in_image(image, "python", "-c", CACHES).strip().splitlines()[-1])
+    assert facts["device"] == "cuda"
+    assert facts["alloc"] == "expandable_segments:True"
+    assert all(path.startswith("/tmp/") for path in facts["caches"].values()), facts
+
+    container = run_container(INPAINT_DEVICE=None)
+    deadline = time.monotonic() + 180
+    health = None
+    while time.monotonic() < deadline:
+        try:
+            health = container.get("/health")
+        except (requests.ConnectionError, requests.Timeout):
+            health = None  # still starting
+        if health is not None and health.status_code == 503:
+            break
+        time.sleep(0.1)
+    assert health is not None and health.status_code == 503, container.log_text()[-3000:]
+    assert health.json()["model"] == "failed"
+    ready = container.get("/ready").json()
+    assert "INPAINT_DEVICE=cuda" in ready["error"] and "no usable CUDA" in ready["error"], ready
+    assert "attempt 2/" not in container.log_text()  # refused at once, not retried
 
 
 def test_job_through_pubsub_push_into_the_container_completes(run_container, stack, sessions):

@@ -434,6 +434,19 @@ def test_runtime_environment_variables():
     assert not unknown, f"not settings of inpaint/config.py: {unknown}"
 
 
+def test_the_deploy_runs_the_l4_memory_profile():
+    """The L4 (24 GB) profile of docs/performance.md: CLIP and T5 parked in CPU memory (left on
+    the GPU after the first custom prompt, they would not fit beside the transformer and a
+    1 MP job), no dequantized transformer, and no compile (the image has no C compiler)."""
+    from benchmarks.perf_variants import variant_settings
+
+    env = key_values(flag_values(deploy_args())["set-env-vars"])
+    assert variant_settings("ours-l4")["offload_text_encoders"] is True
+    assert env["INPAINT_OFFLOAD_TEXT_ENCODERS"] == "true"
+    assert "INPAINT_DEQUANTIZE" not in env and "INPAINT_CPU_OFFLOAD" not in env
+    assert env.get("INPAINT_COMPILE", "false") == "false"
+
+
 def test_probes():
     flags = flag_values(deploy_args())
     startup = key_values(flags["startup-probe"])
