@@ -127,7 +127,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "ready_s": load_s + warmup_s,
         "ready_read_bytes": proc_io_read_bytes() - read0,
         "ready_peak_rss_bytes": peak_rss_bytes(),
-        "text_encoders_loaded_at_ready": model.text_encoders_loaded,
+        "text_encoders_loaded_at_ready": model.prompts.text_encoders_loaded,
     }
     size = args.size
     image = Image.new("RGB", (size, size), (120, 90, 60))
@@ -145,7 +145,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         result[key] = time.perf_counter() - started
     result["end_peak_rss_bytes"] = peak_rss_bytes()
     result["end_read_bytes"] = proc_io_read_bytes() - read0
-    result["text_encoder_loads"] = model.text_encoder_loads
+    result["text_encoder_loads"] = model.prompts.loads
     return result
 
 

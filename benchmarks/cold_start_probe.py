@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         load_s=round(load_s, 2),
         read_bytes=proc_io_read_bytes() - read0,
         peak_rss_bytes=peak_rss_bytes(),
-        text_encoders_loaded=model.text_encoders_loaded,
+        text_encoders_loaded=model.prompts.text_encoders_loaded,
         **resident_bytes(),
     )
     if args.until in ("ready", "step"):

@@ -306,10 +306,10 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
             vae_enc.append(sum(regions.get("vae_encode", [])))
             vae_dec.append(sum(regions.get("vae_decode", [])))
         job_peak, job_reserved = peak_memory(ctx.cuda)
-        # A prompt no job used: a cache miss everywhere (parked encoders: transfers included).
+        # A prompt no job used: a cache miss everywhere (offloaded encoders: transfers included).
         _sync(ctx.cuda)
         started = time.perf_counter()
-        model.encode_prompt(MISS_PROMPT)
+        model.prompts.encode(MISS_PROMPT)
         _sync(ctx.cuda)
         miss_s = time.perf_counter() - started
     miss_peak, miss_reserved = peak_memory(ctx.cuda)
@@ -324,13 +324,13 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     )
     result: dict[str, Any] = {
         "variant": name,
-        "text_tokens": model.max_sequence_length,
+        "text_tokens": model.prompts.max_sequence_length,
         "settings": {k: v for k, v in overrides.items()},
         "env": env_form({"quant": settings.quant, **overrides}),
         "applied": {
             "dequantized": model.dequantized,
             "compiled": model.compiled,
-            "text_encoders_offloaded": model.text_encoder_home is not None,
+            "text_encoders_offloaded": model.prompts.text_encoder_home is not None,
             "prompt_cache": settings.prompt_cache_size > 0,
         },
         "page_cache_evicted": evicted,
@@ -452,7 +452,7 @@ def measure_crop(ctx: Context, model: Any, config: Mapping[str, Any]) -> dict[st
     with instrumented(model.pipe, ctx.timer):
         crop_s, crop_step_s = timed(prepared.model_image, prepared.model_mask)
         full_s, full_step_s = timed(full_image, full_mask)
-    text = model.max_sequence_length
+    text = model.prompts.max_sequence_length
 
     def flops(size: tuple[int, int]) -> float:
         return transformer_flops(config, image_tokens_for(*size), text)

@@ -29,7 +29,7 @@ DEFAULT_PROMPT = (
 
 
 class Settings(BaseSettings):
-    """Service settings. See the README's "Configuration" table for every variable."""
+    """Service settings; docs/configuration.md lists every variable (generated from this class)."""
 
     model_config = SettingsConfigDict(
         env_prefix="INPAINT_", extra="ignore", frozen=True, populate_by_name=True

@@ -66,7 +66,7 @@ def test_loads_gguf_quantized_transformer_on_cpu_float32(model):
     assert layers, "the transformer should run on GGUF weights"
     assert {int(m.weight.quant_type) for m in layers} >= {8}  # GGML type 8 = Q8_0
     assert model.pipe.vae.dtype == torch.float32
-    assert model.max_sequence_length == 32  # the tiny T5 tokenizer's limit, not 512
+    assert model.prompts.max_sequence_length == 32  # the tiny T5 tokenizer's limit, not 512
 
 
 def test_generate_returns_rgb_of_the_input_size(model):
@@ -117,7 +117,7 @@ class EncoderCalls:
 
 def test_repeated_prompt_skips_both_text_encoders(model):
     image, mask = photo()
-    model.load_text_encoders()
+    model.prompts.load_text_encoders()
     calls = EncoderCalls(model.pipe)
     try:
         first = model.generate(image, mask, params(prompt="a brand new prompt"))
@@ -138,18 +138,18 @@ def test_prompt_cache_is_lru_and_can_be_off(model, tiny_model_dir):
     off = InpaintModel(
         model.pipe, settings(tiny_model_dir, prompt_cache_size=0), "cpu", torch.float32
     )
-    model.load_text_encoders()
+    model.prompts.load_text_encoders()
     calls = EncoderCalls(model.pipe)
     try:
         for prompt in ("a", "b", "a", "c", "b"):  # "b" was evicted by "c" (LRU keeps a, c)
-            small.encode_prompt(prompt)
+            small.prompts.encode(prompt)
         assert calls.count["t5"] == 4
-        off.encode_prompt("a")
-        off.encode_prompt("a")
+        off.prompts.encode("a")
+        off.prompts.encode("a")
         assert calls.count["t5"] == 6
     finally:
         calls.remove()
-    embeds, pooled = small.encode_prompt("a")
+    embeds, pooled = small.prompts.encode("a")
     assert embeds.shape == (1, 32, 32) and pooled.shape == (1, 32)
 
 
@@ -181,13 +181,13 @@ def test_generation_is_serialised(model):
 
 
 def test_warm_up_runs_and_caches_the_default_prompt(model, caplog):
-    model.load_text_encoders()  # loaded: then nothing but the cache can explain zero calls
+    model.prompts.load_text_encoders()  # loaded: then nothing but the cache can explain zero calls
     calls = EncoderCalls(model.pipe)
     caplog.set_level(logging.INFO, logger="inpaint.model")
     try:
         model.warm_up()
         after_warm_up = dict(calls.count)
-        model.encode_prompt(model.settings.default_prompt)
+        model.prompts.encode(model.settings.default_prompt)
     finally:
         calls.remove()
     assert calls.count == after_warm_up

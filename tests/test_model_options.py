@@ -2,7 +2,7 @@
 attention_backend, step_cache_threshold) on the tiny random model, CPU only.
 
 What a CPU can check: the settings parse, CUDA-only options are ignored with a warning rather
-than failing, parked text encoders visit the device exactly for a cache miss, and the attention
+than failing, offloaded text encoders visit the device exactly for a cache miss, and the attention
 backend and step cache are applied (the speed itself is measured by benchmarks/perf_bench.py).
 """
 
@@ -68,7 +68,7 @@ def test_attention_backend_names_are_checked():
 def test_cuda_only_options_are_ignored_on_cpu_with_a_warning(tiny_model_dir, caplog):
     caplog.set_level(logging.WARNING, logger="inpaint.model")
     model = InpaintModel.load(settings(tiny_model_dir, compile=True, offload_text_encoders=True))
-    assert not model.compiled and model.text_encoder_home is None
+    assert not model.compiled and model.prompts.text_encoder_home is None
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "INPAINT_COMPILE ignored" in messages
     assert "INPAINT_OFFLOAD_TEXT_ENCODERS ignored" in messages
@@ -93,10 +93,10 @@ class MoveSpy:
         module.to = to
 
 
-def test_parked_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_dir):
+def test_offloaded_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_dir):
     model = InpaintModel.load(settings(tiny_model_dir))
     model.prompts.text_encoder_home = "cpu"  # what load() sets on a GPU with offload_text_encoders
-    model.load_text_encoders()  # on demand they load into their home: no move yet
+    model.prompts.load_text_encoders()  # on demand they load into their home: no move yet
     clip, t5 = MoveSpy(model.pipe.text_encoder), MoveSpy(model.pipe.text_encoder_2)
     first = model.generate(*inputs(), params(prompt="a dog on a sofa"))
     assert clip.devices == t5.devices == [model.device, "cpu"]
@@ -107,7 +107,7 @@ def test_parked_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_d
 
 def test_text_encoders_move_only_under_the_model_lock(tiny_model_dir, monkeypatch):
     """CLIP + T5 (~9.5 GB on the GPU) must never arrive while another job is denoising: their
-    move onto the device when first loaded, and every visit of parked encoders, hold the lock
+    move onto the device when first loaded, and every visit of offloaded encoders, hold the lock
     that a job holds for its whole denoising."""
     model = InpaintModel.load(settings(tiny_model_dir))
     spies: list[MoveSpy] = []
@@ -121,19 +121,19 @@ def test_text_encoders_move_only_under_the_model_lock(tiny_model_dir, monkeypatc
     monkeypatch.setattr(encoders, "load_text_pipeline", spied)
     model.generate(*inputs(), params(prompt="a dog on a sofa"))  # loaded, moved to the device
     assert [spy.devices for spy in spies] == [[model.device]] * 2
-    model.prompts.text_encoder_home = "cpu"  # parked (the L4 profile): a visit per cache miss
+    model.prompts.text_encoder_home = "cpu"  # offloaded (the L4 profile): a visit per cache miss
     model.generate(*inputs(), params(prompt="a cat in the grass"))
     assert [spy.devices for spy in spies] == [[model.device, model.device, "cpu"]] * 2
     assert all(locked for spy in spies for locked in spy.locked)
 
 
-def test_parked_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_model_dir, monkeypatch):
+def test_offloaded_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_model_dir, monkeypatch):
     """Parking CLIP/T5 in CPU memory must not move the denoising there: diffusers prefers an
     accelerator component for the execution device. Simulated by making the transformer and
     the VAE report a CUDA device while the text encoders stay on the CPU."""
     model = InpaintModel.load(settings(tiny_model_dir))
     model.prompts.text_encoder_home = "cpu"
-    model.load_text_encoders()
+    model.prompts.load_text_encoders()
     cuda = property(lambda _self: torch.device("cuda"))
     monkeypatch.setattr(type(model.pipe.transformer), "device", cuda)
     monkeypatch.setattr(type(model.pipe.vae), "device", cuda)
@@ -189,7 +189,7 @@ def test_the_model_loads_and_paints_in_bfloat16(tiny_model_dir):
     transformer = model.pipe.transformer
     dense = [p for p in transformer.parameters() if p.dtype.is_floating_point]
     assert dense and {p.dtype for p in dense} <= {torch.bfloat16, torch.uint8}
-    embeds, pooled = model.encode_prompt("a cat on a sofa")
+    embeds, pooled = model.prompts.encode("a cat on a sofa")
     assert embeds.dtype == pooled.dtype == torch.bfloat16
     image, mask = inputs()
     out = model.generate(image, mask, params(steps=1))

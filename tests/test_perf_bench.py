@@ -289,8 +289,8 @@ def test_build_model_writes_a_weights_dir_the_production_loader_runs(tmp_path):
     randmodel.build_model(dest, NARROW, quant="Q8_0", device="cpu")  # cached
     assert (dest / "flux1-fill-dev-Q8_0.gguf").stat().st_mtime_ns == mtime
     model = InpaintModel.load(Settings(model_dir=dest, quant="Q8_0", device="cpu"))
-    assert model.max_sequence_length == 512  # FLUX's T5 length, not the tiny model's 32
-    assert not model.text_encoders_loaded  # the builder precomputed the default prompt
+    assert model.prompts.max_sequence_length == 512  # FLUX's T5 length, not the tiny model's 32
+    assert not model.prompts.text_encoders_loaded  # the builder precomputed the default prompt
     image, mask = perf_measure.job_inputs(32)
     out = model.generate(image, mask, GenerationParams("a cat", 1, 1, 30.0))
     assert out.size == (32, 32)

@@ -119,17 +119,17 @@ def test_ready_without_text_encoders_and_default_prompt_never_loads_them(tiny_mo
     model = InpaintModel.load(settings(tiny_model_dir))
     model.warm_up()
     job(model)
-    assert not model.text_encoders_loaded and model.text_encoder_loads == 0
+    assert not model.prompts.text_encoders_loaded and model.prompts.loads == 0
     assert model.pipe.text_encoder is None and model.pipe.text_encoder_2 is None
 
 
 def test_default_prompt_output_is_bit_identical_to_computing_it(tiny_model_dir):
     precomputed = InpaintModel.load(settings(tiny_model_dir))
     computed = InpaintModel.load(settings(tiny_model_dir, prompt_embeddings=False))
-    assert computed.text_encoders_loaded and not precomputed.text_encoders_loaded
+    assert computed.prompts.text_encoders_loaded and not precomputed.prompts.text_encoders_loaded
     for stored, fresh in zip(
-        precomputed.encode_prompt(DEFAULT_PROMPT),
-        computed.encode_prompt(DEFAULT_PROMPT),
+        precomputed.prompts.encode(DEFAULT_PROMPT),
+        computed.prompts.encode(DEFAULT_PROMPT),
         strict=True,
     ):
         assert stored.dtype == fresh.dtype and torch.equal(stored, fresh)
@@ -147,10 +147,10 @@ def test_a_custom_prompt_loads_the_encoders_once(tiny_model_dir):
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(results) == 2 and model.text_encoder_loads == 1
+    assert len(results) == 2 and model.prompts.loads == 1
     job(model, "a pet with fur")
     job(model, DEFAULT_PROMPT)
-    assert model.text_encoder_loads == 1
+    assert model.prompts.loads == 1
     # The prompt cache still holds the computed prompts (and the precomputed default).
     assert model.prompts.is_cached("a dog on a sofa")
     assert model.prompts.is_cached(DEFAULT_PROMPT)
@@ -158,11 +158,11 @@ def test_a_custom_prompt_loads_the_encoders_once(tiny_model_dir):
 
 def test_background_loading_after_warm_up_is_a_setting(tiny_model_dir):
     model = InpaintModel.load(settings(tiny_model_dir, text_encoders_background=True))
-    assert not model.text_encoders_loaded
+    assert not model.prompts.text_encoders_loaded
     model.warm_up()
-    assert model.background_load is not None
-    model.background_load.join()
-    assert model.text_encoders_loaded and model.text_encoder_loads == 1
+    assert model.prompts.background_load is not None
+    model.prompts.background_load.join()
+    assert model.prompts.text_encoders_loaded and model.prompts.loads == 1
 
 
 def _poison_and_restamp(model_dir: Path, fingerprint: str) -> None:
@@ -189,7 +189,7 @@ def test_a_stale_key_is_refused_logged_and_computed_instead(tiny_model_dir, mode
     stale = InpaintModel.load(settings(model_copy))
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "other tokenizer/text encoder files" in messages
-    assert stale.text_encoders_loaded  # computed as before the store existed
+    assert stale.prompts.text_encoders_loaded  # computed as before the store existed
     today = InpaintModel.load(settings(tiny_model_dir, prompt_embeddings=False))
     assert np.array_equal(job(stale), job(today))  # the zeroed tensors were never used
 
@@ -197,7 +197,7 @@ def test_a_stale_key_is_refused_logged_and_computed_instead(tiny_model_dir, mode
 def test_a_default_prompt_changed_by_the_environment_is_computed(tiny_model_dir, caplog):
     caplog.set_level(logging.INFO, logger="inpaint.model")
     model = InpaintModel.load(settings(tiny_model_dir, default_prompt="a dog on a sofa"))
-    assert model.text_encoders_loaded
+    assert model.prompts.text_encoders_loaded
     assert "this prompt is not among the precomputed ones" in caplog.text
 
 
@@ -226,7 +226,7 @@ def test_no_text_encoders_build_refuses_other_prompts(model_copy, monkeypatch):
         job(model, "a cat on a sofa")
     assert raised.value.code == "prompt_unavailable"
     assert "paints only with its preset prompts" in raised.value.message
-    assert model.text_encoder_loads == 0
+    assert model.prompts.loads == 0
     # A default prompt that was not precomputed cannot work at all: the start-up fails.
     with pytest.raises(ModelFilesMissingError, match="built without text encoders"):
         InpaintModel.load(settings(model_copy, default_prompt="something else"))
@@ -239,4 +239,4 @@ def test_extra_prompts_from_the_environment_are_precomputed(model_copy, monkeypa
     assert {e.prompt for e in manifest.entries} >= {DEFAULT_PROMPT, "a cat on a sofa"}
     model = InpaintModel.load(settings(model_copy))
     job(model, "a cat on a sofa")
-    assert model.text_encoder_loads == 0
+    assert model.prompts.loads == 0

@@ -78,6 +78,7 @@ class PromptEncoder:
         self.settings = settings
         self.device = device
         self.dtype = dtype
+        self.dtype_name = str(dtype).removeprefix("torch.")
         self.store = store
         self.max_sequence_length = store.max_sequence_length
         # Where CLIP and T5 live between cache misses: None = with the rest, on the device.
@@ -97,12 +98,12 @@ class PromptEncoder:
         with self._model_lock:
             return (prompt, self.max_sequence_length) in self._cache
 
-    def require_default(self, dtype_name: str) -> None:
+    def require_default(self) -> None:
         """Loads the text encoders now unless the default prompt's embedding is precomputed
         (as before the store existed, with the reason logged); fatal if they were left out."""
         default = self.settings.default_prompt
         if self.settings.prompt_embeddings:
-            entry, reason = self.store.find(default, dtype_name)
+            entry, reason = self.store.find(default, self.dtype_name)
         else:
             entry, reason = None, "INPAINT_PROMPT_EMBEDDINGS is off"
         if entry is not None:
@@ -168,7 +169,7 @@ class PromptEncoder:
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:
-        """Brings parked text encoders to the device for one encoding, then parks them again.
+        """Brings offloaded text encoders to the device for one encoding, then offloads them again.
         Called under the model lock (``encode``), so the visit never overlaps a denoising."""
         home = self.text_encoder_home
         if home is None:
@@ -185,7 +186,7 @@ class PromptEncoder:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # hand the encoders' memory back for the next job
 
-    def encode(self, prompt: str, dtype_name: str) -> Embeddings:
+    def encode(self, prompt: str) -> Embeddings:
         """From the LRU cache, else precomputed (``inpaint.prompts``), else computed by CLIP + T5,
         which are loaded on the first such prompt. Raises PromptUnavailableError when the image
         has no encoders."""
@@ -197,7 +198,7 @@ class PromptEncoder:
                 return cached
         found: Embeddings | None = None
         if self.settings.prompt_embeddings:
-            entry, reason = self.store.find(prompt, dtype_name)
+            entry, reason = self.store.find(prompt, self.dtype_name)
             if entry is not None:
                 embeds, pooled = self.store.load(entry, "cpu")
                 device = self.pipe._execution_device

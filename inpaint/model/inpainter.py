@@ -10,7 +10,7 @@ Decisions made here and why:
   independently of which GPU ran it (up to kernel nondeterminism).
 * Speed-ups are settings, each off by default and measured one at a time by
   ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, regional
-  torch.compile (CUDA only), an attention backend, text encoders parked in CPU memory between
+  torch.compile (CUDA only), an attention backend, text encoders offloaded to CPU memory between
   cache misses, and an approximate first-block step cache.
 """
 
@@ -42,7 +42,7 @@ from inpaint.model.checks import (
     resolve_device,
     resolve_dtype,
 )
-from inpaint.model.encoders import Embeddings, PromptEncoder
+from inpaint.model.encoders import PromptEncoder
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 from inpaint.prompts import EmbeddingStore
@@ -99,39 +99,6 @@ class InpaintModel:
             self._lock,
         )
 
-    # The text side, as ``InpaintModel`` exposed it before ``PromptEncoder`` existed.
-    @property
-    def store(self) -> EmbeddingStore:
-        return self.prompts.store
-
-    @property
-    def max_sequence_length(self) -> int:
-        return self.prompts.max_sequence_length
-
-    @property
-    def text_encoders_loaded(self) -> bool:
-        return self.prompts.text_encoders_loaded
-
-    @property
-    def text_encoder_loads(self) -> int:
-        return self.prompts.loads
-
-    @property
-    def text_encoder_home(self) -> str | None:
-        return self.prompts.text_encoder_home
-
-    @property
-    def background_load(self) -> threading.Thread | None:
-        return self.prompts.background_load
-
-    def load_text_encoders(self) -> None:
-        """CLIP, T5 and their tokenizers from disk, once (``PromptEncoder.load_text_encoders``)."""
-        self.prompts.load_text_encoders()
-
-    def encode_prompt(self, prompt: str) -> Embeddings:
-        """(T5 sequence embeddings, pooled CLIP embedding) for ``prompt``; see ``PromptEncoder``."""
-        return self.prompts.encode(prompt, self.dtype_name)
-
     @classmethod
     def load(cls, settings: Settings) -> InpaintModel:
         """Loads the GGUF transformer and the base pipeline from ``settings.model_dir``.
@@ -180,8 +147,8 @@ class InpaintModel:
             local_files_only=True,
         )
         pipe.set_progress_bar_config(disable=True)
-        park_text_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
-        if settings.offload_text_encoders and not park_text_encoders:
+        offload_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
+        if settings.offload_text_encoders and not offload_encoders:
             logger.warning(
                 "INPAINT_OFFLOAD_TEXT_ENCODERS ignored: %s",
                 "INPAINT_CPU_OFFLOAD already offloads them"
@@ -190,7 +157,7 @@ class InpaintModel:
             )
         if settings.cpu_offload and on_gpu:
             pipe.enable_model_cpu_offload(device=device)
-        elif park_text_encoders:
+        elif offload_encoders:
             # CLIP and T5 stay in CPU memory; encode_prompt brings them over for a cache miss.
             pipe.transformer.to(device)
             pipe.vae.to(device)
@@ -199,9 +166,9 @@ class InpaintModel:
                 logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
             pipe.to(device)
         loaded = cls(pipe, settings, device, dtype, store)
-        if park_text_encoders:
+        if offload_encoders:
             loaded.prompts.text_encoder_home = "cpu"
-        loaded.prompts.require_default(loaded.dtype_name)
+        loaded.prompts.require_default()
         if settings.dequantize:
             loaded._dequantize()
         loaded._configure_transformer(on_gpu)
@@ -214,8 +181,8 @@ class InpaintModel:
                 "gguf": str(settings.gguf_path),
                 "dequantized": loaded.dequantized,
                 "compiled": loaded.compiled,
-                "textEncodersOffloaded": loaded.text_encoder_home is not None,
-                "textEncodersLoaded": loaded.text_encoders_loaded,
+                "textEncodersOffloaded": loaded.prompts.text_encoder_home is not None,
+                "textEncodersLoaded": loaded.prompts.text_encoders_loaded,
                 "loadSeconds": round(loaded.load_seconds, 2),
             },
         )
@@ -324,7 +291,7 @@ class InpaintModel:
     ) -> Any:
         """The prompt's embeddings, then the pipeline under the model lock."""
         height, width = rgb.height, rgb.width
-        prompt_embeds, pooled = self.encode_prompt(params.prompt)  # may load encoders: unlocked
+        prompt_embeds, pooled = self.prompts.encode(params.prompt)  # may load encoders: unlocked
         with self._lock:
             generator = torch.Generator("cpu").manual_seed(params.seed)
             # no_grad, not inference_mode: offload hooks move parameters during the call, and
@@ -337,7 +304,7 @@ class InpaintModel:
                     width=width,
                     guidance_scale=params.guidance,
                     num_inference_steps=params.steps,
-                    max_sequence_length=self.max_sequence_length,
+                    max_sequence_length=self.prompts.max_sequence_length,
                     generator=generator,
                     prompt_embeds=prompt_embeds,
                     pooled_prompt_embeds=pooled,
@@ -375,8 +342,8 @@ class InpaintModel:
             self._warm_up_step()
         if (
             self.settings.text_encoders_background
-            and self.store.text_encoders_present
-            and not self.text_encoders_loaded
+            and self.prompts.store.text_encoders_present
+            and not self.prompts.text_encoders_loaded
         ):
             self.prompts.load_in_background()
 

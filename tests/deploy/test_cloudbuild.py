@@ -435,7 +435,7 @@ def test_runtime_environment_variables():
 
 
 def test_the_deploy_runs_the_l4_memory_profile():
-    """The L4 (24 GB) profile of docs/performance.md: CLIP and T5 parked in CPU memory (left on
+    """The L4 (24 GB) profile of docs/performance.md: CLIP and T5 offloaded to CPU memory (left on
     the GPU after the first custom prompt, they would not fit beside the transformer and a
     1 MP job), no dequantized transformer, and no compile (the image has no C compiler)."""
     from benchmarks.perf_variants import variant_settings
