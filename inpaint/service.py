@@ -35,6 +35,7 @@ from inpaint.config import Settings, get_settings
 from inpaint.errors import StartupError, TransientError
 from inpaint.firebase import FirebaseStore
 from inpaint.gpuqueue import GpuQueue
+from inpaint.imaging import work_size_for
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,25 @@ class Warmup:
         return (200 if state is State.READY else 503), body
 
 
+# The warm-up's side on the CPU: a full-size step there takes minutes, and the CPU path serves
+# tests and demos.
+CPU_WARMUP_SIDE = 256
+
+
+def warmup_side(on_gpu: bool, work_megapixels: float) -> int:
+    """The warm-up image's side. On a GPU the largest working size (a square of
+    ``work_megapixels``): an out-of-memory must show at warm-up, not in the first user's job,
+    and compiled kernels are then built for that size. On the CPU ``CPU_WARMUP_SIDE``."""
+    return work_size_for((1024, 1024), work_megapixels)[0] if on_gpu else CPU_WARMUP_SIDE
+
+
 def load_and_warm(settings: Settings | None = None) -> Any:
-    """Loads the production pipeline and warms it up (one small inference unless disabled)."""
+    """Loads the production pipeline and warms it up (one inference unless disabled)."""
     from inpaint.model import InpaintModel  # torch is imported here, in the loader thread
 
-    model = InpaintModel.load(settings or get_settings())
-    model.warm_up()
+    settings = settings or get_settings()
+    model = InpaintModel.load(settings)
+    model.warm_up(warmup_side(model.device.startswith("cuda"), settings.work_megapixels))
     return model
 
 

@@ -23,7 +23,6 @@ from inpaint.model import (
     compile_refusal,
     resolve_device,
     resolve_dtype,
-    warmup_side,
 )
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
 from inpaint.types import GenerationParams
@@ -329,20 +328,6 @@ def test_compile_is_refused_without_a_c_compiler(compile_on, on_gpu, compiler, r
     assert (reason is not None) == refused
     if refused:
         assert "INPAINT_COMPILE" in reason and "C compiler" in reason
-
-
-@pytest.mark.parametrize(
-    ("on_gpu", "megapixels", "side"),
-    [
-        (True, 1.0, 992),  # the largest 1 MP working size: 992 x 992 (multiples of 16)
-        (True, 0.0625, 240),  # the test servers' budget
-        (True, 2.0, 1408),
-        (False, 1.0, 256),  # CPU: small, a full-size step there takes minutes
-        (False, 0.0625, 256),
-    ],
-)
-def test_warmup_side(on_gpu, megapixels, side):
-    assert warmup_side(on_gpu, megapixels) == side
 
 
 def test_bfl_layout_gguf_loads_and_generates():

@@ -42,3 +42,17 @@ def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state
         assert warmup.model == "model" and warmup.error is None
     else:
         assert warmup.error == (message or str(error))
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "megapixels", "side"),
+    [
+        (True, 1.0, 992),  # the largest 1 MP working size: 992 x 992 (multiples of 16)
+        (True, 0.0625, 240),  # the test servers' budget
+        (True, 2.0, 1408),
+        (False, 1.0, 256),  # CPU: small, a full-size step there takes minutes
+        (False, 0.0625, 256),
+    ],
+)
+def test_warmup_side(on_gpu, megapixels, side):
+    assert service.warmup_side(on_gpu, megapixels) == side

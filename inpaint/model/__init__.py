@@ -38,7 +38,7 @@ from inpaint.model.checks import (
 )
 from inpaint.model.embeddings import write_builder_embeddings, write_embeddings
 from inpaint.model.encoders import PromptEncoder, encode_with, load_text_pipeline
-from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel, warmup_side
+from inpaint.model.inpainter import SIZE_MULTIPLE, WARMUP_SIZE, InpaintModel
 from inpaint.model.layout import is_bfl_layout, to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 
@@ -58,7 +58,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "to_diffusers_layout",
-    "warmup_side",
     "weights_command",
     "write_builder_embeddings",
     "write_embeddings",

@@ -33,7 +33,6 @@ from transformers.utils import logging as transformers_logging
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError
 from inpaint.gpuhealth import DeviceHealth, Failure
-from inpaint.imaging import work_size_for
 from inpaint.model.checks import (
     check_attention_backend,
     check_model_files,
@@ -53,14 +52,6 @@ logger = logging.getLogger(__name__)
 # Image sides must be multiples of this: VAE 8x downscale, then 2x2 latent packing.
 SIZE_MULTIPLE = 16
 WARMUP_SIZE = 256
-
-
-def warmup_side(on_gpu: bool, work_megapixels: float) -> int:
-    """The warm-up image's side. On a GPU the largest working size (a square of
-    ``work_megapixels``): an out-of-memory must show at warm-up, not in the first user's job,
-    and compiled kernels are then built for that size. On the CPU always ``WARMUP_SIZE``: a
-    full-size step there takes minutes, and the CPU path serves tests and demos."""
-    return work_size_for((1024, 1024), work_megapixels)[0] if on_gpu else WARMUP_SIZE
 
 
 class InpaintModel:
@@ -333,13 +324,14 @@ class InpaintModel:
             raise
         self.device_health.record(None)
 
-    def warm_up(self) -> None:
-        """One small inference so the first real job does not pay first-call costs (CUDA
-        context and kernel selection, allocator growth, lazy imports, and on CPU reading the
-        memory-mapped weights). ``INPAINT_WARMUP_STEPS=0`` skips it: ready once loaded. The
-        default prompt's embeddings come from the store, or were computed at load."""
+    def warm_up(self, side: int = WARMUP_SIZE) -> None:
+        """One inference of ``side`` x ``side`` pixels so the first real job does not pay
+        first-call costs (CUDA context and kernel selection, allocator growth, lazy imports, and
+        on CPU reading the memory-mapped weights); the service picks the side
+        (``inpaint.service.warmup_side``). ``INPAINT_WARMUP_STEPS=0`` skips it: ready once
+        loaded. The default prompt's embeddings come from the store, or were computed at load."""
         if self.settings.warmup_steps > 0:
-            self._warm_up_step()
+            self._warm_up_step(side)
         if (
             self.settings.text_encoders_background
             and self.prompts.store.text_encoders_present
@@ -347,9 +339,8 @@ class InpaintModel:
         ):
             self.prompts.load_in_background()
 
-    def _warm_up_step(self) -> None:
+    def _warm_up_step(self, size: int) -> None:
         on_gpu = self.device.startswith("cuda")
-        size = warmup_side(on_gpu, self.settings.work_megapixels)
         image = Image.new("RGB", (size, size), (128, 128, 128))
         mask = Image.new("L", (size, size), 0)
         mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
