@@ -139,6 +139,11 @@ class InpaintModel:
         )
         pipe.set_progress_bar_config(disable=True)
         offload_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
+        if settings.pin_text_encoders and not offload_encoders:
+            logger.warning(
+                "INPAINT_PIN_TEXT_ENCODERS ignored: it applies to text encoders offloaded from "
+                "a GPU (INPAINT_OFFLOAD_TEXT_ENCODERS on CUDA)"
+            )
         if settings.offload_text_encoders and not offload_encoders:
             logger.warning(
                 "INPAINT_OFFLOAD_TEXT_ENCODERS ignored: %s",
