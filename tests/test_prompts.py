@@ -115,6 +115,21 @@ def test_builder_writes_the_default_prompt_keyed_by_its_files(tiny_model_dir):
     assert tensors["pooled_prompt_embeds"].shape == (1, 32)
 
 
+def test_the_same_files_give_the_same_embedding_bytes(model_copy, tmp_path):
+    """Two builds of the same weights write byte-identical embedding files (image layers and
+    the two-step Cloud Build path compare them). safetensors writes several metadata entries in
+    a random order per write, so six files would all match by chance once in 64 builds."""
+    other = tmp_path / "other"
+    shutil.copytree(model_copy, other)
+    wanted = [f"a cat number {i}" for i in range(6)]
+    for model_dir in (model_copy, other):
+        write_embeddings(model_dir, wanted, ["float32"])
+    files = sorted((model_copy / prompts.STORE_DIR).glob("*.safetensors"))
+    assert len(files) >= len(wanted)
+    for path in files:
+        assert path.read_bytes() == (other / prompts.STORE_DIR / path.name).read_bytes()
+
+
 def test_ready_without_text_encoders_and_default_prompt_never_loads_them(tiny_model_dir):
     model = InpaintModel.load(settings(tiny_model_dir))
     model.warm_up()

@@ -3,6 +3,7 @@ them for a job (``encoders``), so a stored embedding is what a job would compute
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -95,7 +96,10 @@ def _compute(base: Path, root: Path, keys: Sequence[EmbeddingKey], dtype: str) -
             "prompt_embeds": embeds.contiguous(),
             "pooled_prompt_embeds": pooled.contiguous(),
         }
-        save_file(tensors, str(partial), metadata={"prompt": key.prompt, "dtype": key.dtype})
+        # One metadata entry: safetensors writes several in a per-process random (hash map)
+        # order, and the same weights must give the same bytes (image layers, caches).
+        described = json.dumps({"dtype": key.dtype, "prompt": key.prompt}, sort_keys=True)
+        save_file(tensors, str(partial), metadata={"embedding": described})
         partial.replace(root / key.file_name())
     del text
 
