@@ -9,7 +9,8 @@ Decisions made here and why:
 * Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
   independently of which GPU ran it (up to kernel nondeterminism).
 * Speed-ups are settings, each off by default and measured one at a time by
-  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, regional
+  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, FP8 weights
+  (``inpaint.model.fp8``), regional
   torch.compile (CUDA only), an attention backend, text encoders parked in CPU memory between
   cache misses, and an approximate first-block step cache.
 """
@@ -37,6 +38,13 @@ from inpaint.model.checks import (
     resolve_dtype,
 )
 from inpaint.model.encoders import Embeddings, PromptEncoder
+from inpaint.model.fp8 import (
+    Fp8Conversion,
+    Fp8Mode,
+    choose_fp8_mode,
+    convert_transformer,
+    device_capability,
+)
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 from inpaint.prompts import EmbeddingStore
@@ -72,6 +80,8 @@ class InpaintModel:
         self.quant = settings.quant
         self.gguf_path = settings.gguf_path
         self.dequantized = False
+        self.fp8: Fp8Mode = "off"  # INPAINT_FP8's mode in effect (``inpaint.model.fp8``)
+        self.fp8_conversion: Fp8Conversion | None = None
         self.compiled = False
         self.load_seconds = 0.0
         self._lock = threading.RLock()
@@ -134,6 +144,13 @@ class InpaintModel:
                 "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
                 "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
             )
+        fp8 = choose_fp8_mode(
+            settings.fp8,
+            device=device,
+            capability=device_capability(device),
+            dequantize=settings.dequantize,
+            cpu_offload=settings.cpu_offload,
+        )
         started = time.perf_counter()
         # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
         diffusers_logging.disable_progress_bar()
@@ -186,6 +203,11 @@ class InpaintModel:
         loaded.prompts.require_default(loaded.dtype_name)
         if settings.dequantize:
             loaded._dequantize()
+        if fp8 != "off":  # on its device already; before compile and the step cache
+            loaded.fp8_conversion = convert_transformer(
+                pipe.transformer, fp8, dtype=dtype, source=settings.gguf_path
+            )
+            loaded.fp8 = fp8
         loaded._configure_transformer(on_gpu)
         loaded.load_seconds = time.perf_counter() - started
         logger.info(
@@ -195,6 +217,7 @@ class InpaintModel:
                 "dtype": loaded.dtype_name,
                 "gguf": str(settings.gguf_path),
                 "dequantized": loaded.dequantized,
+                "fp8": loaded.fp8,
                 "compiled": loaded.compiled,
                 "textEncodersOffloaded": loaded.text_encoder_home is not None,
                 "textEncodersLoaded": loaded.text_encoders_loaded,
