@@ -274,6 +274,8 @@ def test_all_zero_activation_row_gives_an_exact_zero_row_not_nan(monkeypatch):
 
     config = quant_config("dynamic")
     assert config.activation_value_lb == ACTIVATION_VALUE_LB
+    assert config.set_inductor_config is False  # no process-wide inductor settings
+    assert quant_config("weight-only").set_inductor_config is False
     assert isinstance(config.granularity[0], PerRow) and isinstance(config.granularity[1], PerRow)
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *_a, **_k: None)
     layer = torch.nn.Linear(64, 32, dtype=torch.bfloat16)

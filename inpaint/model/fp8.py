@@ -122,12 +122,17 @@ def quant_config(mode: Fp8Mode) -> Any:
         PerRow,
     )
 
+    # set_inductor_config=False: torchao would otherwise switch on its recommended inductor
+    # settings (coordinate descent tuning, ...) for the whole process, lengthening every later
+    # compilation (the warm-up of a cold start) and changing variants measured after this one.
     if mode == "dynamic":
         return Float8DynamicActivationFloat8WeightConfig(
-            granularity=PerRow(), activation_value_lb=ACTIVATION_VALUE_LB
+            granularity=PerRow(),
+            activation_value_lb=ACTIVATION_VALUE_LB,
+            set_inductor_config=False,
         )
     if mode == "weight-only":
-        return Float8WeightOnlyConfig()
+        return Float8WeightOnlyConfig(set_inductor_config=False)
     raise ValueError(f"no torchao configuration for FP8 mode {mode!r}")
 
 
