@@ -329,6 +329,7 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
         "env": env_form({"quant": settings.quant, **overrides}),
         "applied": {
             "dequantized": model.dequantized,
+            "fp8": model.fp8,
             "compiled": model.compiled,
             "text_encoders_offloaded": model.text_encoder_home is not None,
             "prompt_cache": settings.prompt_cache_size > 0,
@@ -363,9 +364,12 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     return result, None
 
 
-def add_ratios(results: list[dict[str, Any]], bound_step_s: float | None) -> None:
-    """ours / baseline for the headline figures, and the compute-bound multiple."""
-    base = next((r for r in results if r["variant"] == "baseline"), None)
+def add_ratios(
+    results: list[dict[str, Any]], bound_step_s: float | None, reference: str = "baseline"
+) -> None:
+    """variant / reference (the baseline by default) for the headline figures, and the
+    compute-bound multiple."""
+    base = next((r for r in results if r["variant"] == reference), None)
     for r in results:
         r["compute_bound_multiple"] = r["step_s"] / bound_step_s if bound_step_s else None
         if base is None:

@@ -144,10 +144,10 @@ class InpaintModel:
                 "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
                 "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
             )
-        fp8 = choose_fp8_mode(
+        fp8 = choose_fp8_mode(  # before any weight is read: a refusal costs nothing
             settings.fp8,
             device=device,
-            capability=device_capability(device),
+            capability=device_capability(device) if settings.fp8 != "off" else None,
             dequantize=settings.dequantize,
             cpu_offload=settings.cpu_offload,
         )
