@@ -34,6 +34,7 @@ PIXEL_MAX_BOUND = 24  # measured 5 (7 at 128x128)
 # One 3072x3072 bf16 linear, 256 tokens: relative Frobenius error of the outputs.
 LAYER_WEIGHT_ONLY_BOUND = 0.04  # measured 0.0259 (2.6 %, three input seeds alike)
 LAYER_DYNAMIC_BOUND = 0.055  # measured 0.0370 (weights and activations both in FP8)
+Q8_0_SOURCE_BOUND = 0.04  # the same layer through Q8_0, then FP8: measured 0.0262 (Q4_0: 0.0705)
 
 
 def settings(model_dir, **overrides) -> Settings:
@@ -303,3 +304,28 @@ def test_off_has_no_torchao_configuration():
         quant_config("off")
     with pytest.raises(ValueError, match="not 'off'"):
         fp8_module.convert_transformer(torch.nn.Linear(2, 2), "off", dtype=torch.float32)
+
+
+# --- which GGUF file to convert from -------------------------------------------------------------
+
+
+def test_q8_0_is_the_better_fp8_source_than_q4_0():
+    """FP8 re-quantizes what the file holds: the same 3072-wide layer through Q4_0 keeps the
+    4-bit error under the FP8 one, through Q8_0 it stays at FP8's own error."""
+    import gguf
+
+    layer = _flux_linear()
+    tokens = torch.randn(256, 3072, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    errors = {}
+    with torch.no_grad():
+        expected = layer(tokens)
+        weights = layer.weight.float().numpy()
+        for name in ("Q8_0", "Q4_0"):
+            kind = gguf.GGMLQuantizationType[name]
+            restored = gguf.quants.dequantize(gguf.quants.quantize(weights, kind), kind)
+            fp8 = _flux_linear()
+            fp8.weight.copy_(torch.from_numpy(restored).to(torch.bfloat16))
+            quantize_(fp8, quant_config("weight-only"))
+            errors[name] = _relative_error(fp8(tokens), expected)
+    assert errors["Q8_0"] <= Q8_0_SOURCE_BOUND, errors
+    assert errors["Q4_0"] >= 2 * errors["Q8_0"], errors
