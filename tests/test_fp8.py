@@ -58,37 +58,49 @@ def params(steps=2):
 # --- which mode, and what is refused (a pure function) ---------------------------------------
 
 REFUSED = "refused"
+BF16, FP16, FP32 = "bfloat16", "float16", "float32"
 MODE_TABLE = [
-    # setting, device, capability, dequantize, cpu_offload -> mode, or the refusal's words
-    ("off", "cpu", None, False, False, "off"),
-    ("off", "cuda", (8, 9), True, True, "off"),  # off never refuses anything
-    ("auto", "cpu", None, False, False, "weight-only"),
-    ("weight-only", "cpu", None, False, False, "weight-only"),
-    ("dynamic", "cpu", None, False, False, (REFUSED, "INPAINT_FP8=dynamic.*runs on cpu")),
-    ("auto", "cuda", (8, 9), False, False, "dynamic"),  # L4
-    ("auto", "cuda:0", (9, 0), False, False, "dynamic"),  # H100, H200
-    ("auto", "cuda", (10, 0), False, False, "dynamic"),  # B200
-    ("auto", "cuda", (8, 6), False, False, "weight-only"),  # A10G
-    ("auto", "cuda", (8, 0), False, False, "weight-only"),  # A100
-    ("weight-only", "cuda", (9, 0), False, False, "weight-only"),
-    ("dynamic", "cuda", (8, 9), False, False, "dynamic"),
-    ("dynamic", "cuda", (9, 0), False, False, "dynamic"),
-    ("dynamic", "cuda", (8, 6), False, False, (REFUSED, "compute capability 8.6")),
-    ("dynamic", "cuda", (7, 5), False, False, (REFUSED, "INPAINT_FP8=dynamic needs")),
-    ("auto", "cuda", (9, 0), True, False, (REFUSED, "INPAINT_FP8=auto and INPAINT_DEQUANTIZE")),
-    ("weight-only", "cpu", None, True, False, (REFUSED, "INPAINT_DEQUANTIZE")),
-    ("auto", "cuda", (8, 9), False, True, (REFUSED, "INPAINT_FP8=auto and INPAINT_CPU_OFFLOAD")),
-    ("weight-only", "cpu", None, False, True, (REFUSED, "INPAINT_CPU_OFFLOAD")),
-    ("fast", "cuda", (9, 0), False, False, (REFUSED, "unknown INPAINT_FP8")),
+    # setting, device, capability, dtype, dequantize, cpu_offload -> mode, or the refusal
+    ("off", "cpu", None, FP32, False, False, "off"),
+    ("off", "cuda", (8, 9), BF16, True, True, "off"),  # off never refuses anything
+    ("auto", "cpu", None, FP32, False, False, "weight-only"),  # CPU's default dtype
+    ("auto", "cpu", None, BF16, False, False, "weight-only"),
+    ("weight-only", "cpu", None, BF16, False, False, "weight-only"),
+    ("dynamic", "cpu", None, BF16, False, False, (REFUSED, "FP8=dynamic.*runs on cpu")),
+    ("auto", "cuda", (8, 9), BF16, False, False, "dynamic"),  # L4
+    ("auto", "cuda:0", (9, 0), BF16, False, False, "dynamic"),  # H100, H200
+    ("auto", "cuda", (10, 0), BF16, False, False, "dynamic"),  # B200
+    ("auto", "cuda", (8, 6), BF16, False, False, "weight-only"),  # A10G
+    ("auto", "cuda", (8, 0), BF16, False, False, "weight-only"),  # A100
+    ("auto", "cuda", (8, 9), FP16, False, False, "weight-only"),  # row-wise FP8 mm: bf16 only
+    ("auto", "cuda", (9, 0), FP32, False, False, "weight-only"),
+    ("weight-only", "cuda", (9, 0), BF16, False, False, "weight-only"),
+    ("dynamic", "cuda", (8, 9), BF16, False, False, "dynamic"),
+    ("dynamic", "cuda", (9, 0), BF16, False, False, "dynamic"),
+    ("dynamic", "cuda", (8, 6), BF16, False, False, (REFUSED, r"compute capability 8\.6")),
+    ("dynamic", "cuda", (7, 5), BF16, False, False, (REFUSED, "FP8=dynamic needs a CUDA")),
+    ("dynamic", "cuda", (9, 0), FP16, False, False, (REFUSED, "needs INPAINT_DTYPE=bfloat16")),
+    ("auto", "cuda", (9, 0), BF16, True, False, (REFUSED, "FP8=auto and INPAINT_DEQUANTIZE")),
+    ("weight-only", "cpu", None, BF16, True, False, (REFUSED, "INPAINT_DEQUANTIZE")),
+    ("auto", "cuda", (8, 9), BF16, False, True, (REFUSED, "FP8=auto and INPAINT_CPU_OFFLOAD")),
+    ("weight-only", "cpu", None, FP32, False, True, (REFUSED, "INPAINT_CPU_OFFLOAD")),
+    ("fast", "cuda", (9, 0), BF16, False, False, (REFUSED, "unknown INPAINT_FP8")),
 ]
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "capability", "dequant", "offload", "expected"), MODE_TABLE
+    ("setting", "device", "capability", "dtype", "dequant", "offload", "expected"), MODE_TABLE
 )
-def test_mode_for_each_device_and_setting(setting, device, capability, dequant, offload, expected):
+def test_mode_for_each_device_and_setting(
+    setting, device, capability, dtype, dequant, offload, expected
+):
     decide = lambda: choose_fp8_mode(  # noqa: E731
-        setting, device=device, capability=capability, dequantize=dequant, cpu_offload=offload
+        setting,
+        device=device,
+        capability=capability,
+        dtype=dtype,
+        dequantize=dequant,
+        cpu_offload=offload,
     )
     if isinstance(expected, tuple):
         with pytest.raises(ValueError, match=expected[1]) as info:

@@ -62,15 +62,18 @@ def choose_fp8_mode(
     *,
     device: str,
     capability: tuple[int, int] | None,
+    dtype: str = "bfloat16",
     dequantize: bool = False,
     cpu_offload: bool = False,
 ) -> Fp8Mode:
-    """The FP8 mode for ``INPAINT_FP8=setting`` on ``device`` (CUDA ``capability``, else None).
+    """The FP8 mode for ``INPAINT_FP8=setting`` on ``device`` (CUDA ``capability``, else None)
+    with the compute ``dtype`` (its name).
 
-    ``auto``: dynamic on a CUDA GPU of compute capability >= 8.9, weight-only on older GPUs and
-    on CPU. Raises ValueError naming ``INPAINT_FP8`` for what cannot work: dynamic without FP8
-    tensor cores, or FP8 together with ``INPAINT_DEQUANTIZE`` (two conversions of the same
-    layers) or ``INPAINT_CPU_OFFLOAD`` (FP8 exists to keep the transformer on the GPU).
+    ``auto``: dynamic on a CUDA GPU of compute capability >= 8.9 in bfloat16, else weight-only.
+    Raises ValueError naming ``INPAINT_FP8`` for what cannot work: dynamic without FP8 tensor
+    cores, dynamic in another dtype than bfloat16 (torch's row-wise FP8 matmul writes bf16), or
+    FP8 together with ``INPAINT_DEQUANTIZE`` (two conversions of the same layers) or
+    ``INPAINT_CPU_OFFLOAD`` (FP8 exists to keep the transformer on the GPU).
     """
     if setting == "off":
         return "off"
@@ -104,8 +107,13 @@ def choose_fp8_mode(
             f">= 8.9: L4, H100, H200); this model runs on {where}. Use INPAINT_FP8=weight-only "
             "(or auto) there"
         )
+    if setting == "dynamic" and dtype != "bfloat16":
+        raise ValueError(
+            f"INPAINT_FP8=dynamic needs INPAINT_DTYPE=bfloat16 (the row-wise FP8 matmul writes "
+            f"bfloat16), not {dtype}; use INPAINT_FP8=weight-only (or auto) with {dtype}"
+        )
     if setting == "auto":
-        return "dynamic" if fp8_cores else "weight-only"
+        return "dynamic" if fp8_cores and dtype == "bfloat16" else "weight-only"
     return "dynamic" if setting == "dynamic" else "weight-only"
 
 

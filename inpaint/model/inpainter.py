@@ -148,6 +148,7 @@ class InpaintModel:
             settings.fp8,
             device=device,
             capability=device_capability(device) if settings.fp8 != "off" else None,
+            dtype=str(dtype).removeprefix("torch."),
             dequantize=settings.dequantize,
             cpu_offload=settings.cpu_offload,
         )
