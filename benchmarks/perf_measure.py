@@ -322,6 +322,7 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     diff = (
         np.abs(pixels - ctx.baseline_pixels) if pixels.shape == ctx.baseline_pixels.shape else None
     )
+    conversion = getattr(model, "fp8_conversion", None)  # INPAINT_FP8's, part of load_s
     result: dict[str, Any] = {
         "variant": name,
         "text_tokens": model.max_sequence_length,
@@ -330,6 +331,8 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
         "applied": {
             "dequantized": model.dequantized,
             "fp8": model.fp8,
+            "fp8_layers": conversion.layers if conversion else 0,
+            "fp8_s": conversion.seconds if conversion else None,
             "compiled": model.compiled,
             "text_encoders_offloaded": model.text_encoder_home is not None,
             "prompt_cache": settings.prompt_cache_size > 0,

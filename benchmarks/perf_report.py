@@ -159,10 +159,13 @@ def format_summary(report: Mapping[str, Any], expected: Sequence[str] = ()) -> s
             continue
         cells = "".join(_fmt(r.get(key), kind).rjust(16) for _, key, kind in SUMMARY_COLUMNS)
         applied = r.get("applied", {})
+        fp8 = applied.get("fp8")
+        if applied.get("fp8_layers"):
+            fp8 = f"{fp8} ({applied['fp8_layers']} layers in {_fmt(applied.get('fp8_s'))} s)"
         lines.append(
             name.ljust(width)
             + cells
-            + f"  fp8={applied.get('fp8')} compiled={applied.get('compiled')} {r.get('env')}"
+            + f"  fp8={fp8} compiled={applied.get('compiled')} {r.get('env')}"
         )
     return "\n".join(lines)
 

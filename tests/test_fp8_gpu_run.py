@@ -61,8 +61,10 @@ def test_every_variant_has_its_figures(tiny_run):
     assert results["bf16"]["diff_max"] == 0 and results["bf16"]["applied"]["dequantized"]
     for name in ("fp8", "fp8+compile", "fp8+compile+stepcache", "ours-l4"):
         assert results[name]["applied"]["fp8"] == "weight-only", name  # CPU: auto -> weight-only
+        assert results[name]["applied"]["fp8_layers"] > 10 and results[name]["applied"]["fp8_s"] > 0
         assert results[name]["settings"]["quant"] == "Q8_0", name
     assert results["ours-l4-gguf"]["applied"]["fp8"] == "off"
+    assert results["ours-l4-gguf"]["applied"]["fp8_layers"] == 0
     assert results["ours-l4-gguf"]["settings"]["quant"] == "Q4_0"
     # FP8 weight-only stays close to the bf16 reference on the tiny model (tests/test_fp8.py
     # bounds the same comparison; the step cache may add its own approximation).
@@ -76,6 +78,8 @@ def test_summary_lists_every_variant_and_the_files_exist(tiny_run):
     for name in VARIANTS:
         line = next(li for li in summary.splitlines() if li.startswith(name + " "))
         assert "not measured" not in line and "fp8=" in line, line
+        if name.startswith(("fp8", "ours-l4 ")) or name == "ours-l4":
+            assert "layers in" in line, line
     for name in ("fp8-gpu.log", "build.log", "versions.txt"):
         assert (out / name).stat().st_size > 0, name
     assert "torchao 0.18.0" in (out / "versions.txt").read_text()
