@@ -12,6 +12,7 @@ No timing is asserted.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from inpaint.model import fp8 as fp8_module
 from inpaint.model.fp8 import ACTIVATION_VALUE_LB, choose_fp8_mode, gguf_linears, quant_config
 from inpaint.types import GenerationParams
 
+ROOT = Path(__file__).resolve().parent.parent
 torchao_quantization = pytest.importorskip("torchao.quantization")
 from torchao.quantization import Float8Tensor, PerRow, quantize_  # noqa: E402
 
@@ -33,6 +35,8 @@ from torchao.quantization import Float8Tensor, PerRow, quantize_  # noqa: E402
 # Tiny model, 64x64, 2 steps, bfloat16: FP8 weight-only vs the same file dequantized to bf16.
 PIXEL_MEAN_BOUND = 2.0  # measured 0.48 (of 255; 0.49 at 128x128)
 PIXEL_MAX_BOUND = 24  # measured 5 (7 at 128x128)
+# The same bounds hold FP8 against the GGUF model itself at width 3072 (BFL file, Q4_0, 32x32,
+# one step): measured mean 0.52, max 4.
 # One 3072x3072 bf16 linear, 256 tokens: relative Frobenius error of the outputs.
 LAYER_WEIGHT_ONLY_BOUND = 0.04  # measured 0.0259 (2.6 %, three input seeds alike)
 LAYER_DYNAMIC_BOUND = 0.055  # measured 0.0370 (weights and activations both in FP8)
@@ -236,6 +240,36 @@ def test_fp8_model_runs_with_the_step_cache_and_float32(tiny_model_dir):
     assert model.fp8 == "weight-only" and model.dtype == torch.float32
     out = model.generate(*inputs(32), params(steps=1))
     assert out.size == (32, 32) and out.mode == "RGB"
+
+
+def test_real_width_bfl_file_converts_from_its_memory_map(tiny_model_dir):
+    """The published files' layout (BFL names, width 3072; 1 double + 1 single block, Q4_0):
+    the fused q/k/v and MLP weights are row views of the mapped file (``inpaint.model.layout``),
+    each converted and its pages released; the image stays close to the GGUF model's."""
+    from inpaint.randmodel import MODEL_VERSION, build_tiny_model
+
+    dest = ROOT / "build" / f"tiny-model-bfl-v{MODEL_VERSION}"  # shared with test_model.py
+    build_tiny_model(dest, layout="bfl", quant="Q4_0")
+    gguf = InpaintModel.load(settings(dest, quant="Q4_0"))
+    names = {n for n, m in gguf.pipe.transformer.named_modules() if isinstance(m, GGUFLinear)}
+    fp8 = InpaintModel.load(settings(dest, quant="Q4_0", fp8="weight-only"))
+    transformer = fp8.pipe.transformer
+    converted = {
+        n
+        for n, m in transformer.named_modules()
+        if isinstance(getattr(m, "weight", None), Float8Tensor)
+    }
+    assert converted == names and fp8.fp8_conversion.layers == len(names) == 20
+    assert transformer.single_transformer_blocks[0].attn.to_k.weight.shape == (3072, 3072)
+    assert fp8.fp8_conversion.released_bytes > 200 * 2**20  # most of the 355 MiB file
+    image, mask = inputs(32)
+    expected = np.asarray(gguf.generate(image, mask, params(steps=1)), dtype=np.int16)
+    got = np.asarray(fp8.generate(image, mask, params(steps=1)), dtype=np.int16)
+    diff = np.abs(expected - got)
+    assert diff.mean() <= PIXEL_MEAN_BOUND and diff.max() <= PIXEL_MAX_BOUND, (
+        diff.mean(),
+        diff.max(),
+    )
 
 
 # --- one layer at the real width -----------------------------------------------------------------
