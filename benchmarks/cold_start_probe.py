@@ -11,6 +11,10 @@ Run one fresh process per mode::
 
     python -m benchmarks.cold_start_probe --mode before --until load
     python -m benchmarks.cold_start_probe --mode after --warmup-steps 0 --until step
+    python -m benchmarks.cold_start_probe --mode after --until load --fp8 weight-only
+
+``--fp8`` sets ``INPAINT_FP8`` (issue 20): the load then includes the conversion to float8, and
+its line reports the layers converted, the conversion's seconds and the file bytes released.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--quant", default="Q4_0")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--fp8",
+        choices=("off", "auto", "weight-only", "dynamic"),
+        default="off",
+        help="INPAINT_FP8",
+    )
     args = parser.parse_args(argv)
     if args.model_dir is None:
         from inpaint.randmodel import MODEL_VERSION
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         quant=args.quant,
         dtype=args.dtype,
         warmup_steps=args.warmup_steps,
-    )
+    ).model_copy(update={"fp8": args.fp8})
     evict(args.model_dir)
     read0 = proc_io_read_bytes()
     started = time.perf_counter()
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         read_bytes=proc_io_read_bytes() - read0,
         peak_rss_bytes=peak_rss_bytes(),
         text_encoders_loaded=model.prompts.text_encoders_loaded,
+        **fp8_figures(model),
         **resident_bytes(),
     )
     if args.until in ("ready", "step"):
@@ -93,6 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.until == "step":
         emit(mode=args.mode, **one_step(model, settings.default_prompt), **resident_bytes())
     return 0
+
+
+def fp8_figures(model: object) -> dict[str, object]:
+    """INPAINT_FP8's conversion, as ``InpaintModel.load`` recorded it (nothing when off)."""
+    conversion = getattr(model, "fp8_conversion", None)
+    if conversion is None:
+        return {"fp8": "off"}
+    return {
+        "fp8": conversion.mode,
+        "fp8_layers": conversion.layers,
+        "fp8_s": round(conversion.seconds, 2),
+        "fp8_bytes": conversion.fp8_bytes,
+        "fp8_released_file_bytes": conversion.released_bytes,
+    }
 
 
 def one_step(model: object, prompt: str) -> dict[str, object]:

@@ -25,8 +25,14 @@ Variants (``--variants``, comma separated, measured in this order in one process
   ``attn-NAME`` (diffusers attention backend), ``stepcache-T`` (first-block step cache,
   approximate), ``cpu-offload`` (model CPU offload), ``Q4_0``/``Q8_0`` (GGUF file).
 * ``ours``: the recommended configuration for large GPUs (cache+embeds+dequant+compile);
-  ``ours-l4``: the 24 GB profile (cache+embeds+offload-te+compile on the quantized
-  transformer). ``embeds``: precomputed prompt embeddings, CLIP/T5 loaded on demand (issue 12).
+  ``ours-l4``: the 24 GB profile (cache+embeds+offload-te+Q8_0+fp8+compile+stepcache-0.08:
+  FP8 weights from the Q8_0 file); ``ours-l4-gguf``: the L4 profile before FP8
+  (cache+embeds+offload-te+compile on the Q4_0 GGUF layers). ``embeds``: precomputed prompt
+  embeddings, CLIP/T5 loaded on demand (issue 12). ``fp8`` (``INPAINT_FP8=auto``),
+  ``fp8-weight-only``, ``fp8-dynamic``: FP8 transformer weights (issue 20).
+* The FP8 ladder, all from the Q8_0 file: ``bf16`` (the same file dequantized to bf16: the
+  reference for FP8's pixel difference), ``fp8``, ``fp8+compile``, ``fp8+compile+stepcache``.
+  ``benchmarks/fp8_gpu_run.sh`` measures it within a time budget.
 
 Figures per variant: cold start (load from local disk, page cache evicted, + warm-up), first
 job, warm job median, transformer time per step (CUDA events / perf_counter), text encoding per
@@ -109,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="keep the page cache (load times then are warm-cache figures)",
     )
+    parser.add_argument(
+        "--reference",
+        help="variant the others are compared with (pixels and ratios; measured first); "
+        "default: baseline when measured, else the first variant",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
         "--tolerance",
@@ -136,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             variant_settings(name)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.reference is None:
+        args.reference = "baseline" if "baseline" in args.variant_list else args.variant_list[0]
+    if args.reference not in args.variant_list:
+        parser.error(f"--reference {args.reference} is not among --variants")
+    # The reference is measured first: every later output is compared with its pixels.
+    args.variant_list.remove(args.reference)
+    args.variant_list.insert(0, args.reference)
     if args.workdir is None:
         args.workdir = (
             ROOT / "build" / f"tiny-model-v{MODEL_VERSION}"
@@ -214,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         keep = args.crop and name == crop_variant and crop is None
         result, model = measure_variant(ctx, name, keep=keep)
         ctx.results.append(result)
+        if args.json:  # after each variant: a run stopped by a time limit keeps what it measured
+            _write_json(args.json, {"complete": False, "variants": ctx.results})
         if model is not None:
             crop = {"variant": name, **measure_crop(ctx, model, config)}
             del model
@@ -222,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     image_tokens = image_tokens_for(args.size, args.size)
     flops = transformer_flops(config, image_tokens, text_tokens)
     bound_step_s = flops / (peak_tflops * 1e12) if peak_tflops else None
-    add_ratios(ctx.results, bound_step_s)
+    add_ratios(ctx.results, bound_step_s, args.reference)
 
     import diffusers
     import gguf
@@ -241,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "seed": args.seed,
         "tolerance": args.tolerance,
+        "reference": args.reference,
         "image_tokens": image_tokens,
         "text_tokens": text_tokens,
         "flops_per_step": flops,
@@ -263,14 +284,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "model_dir": str(model_dir),
     }
-    report = {"meta": meta, "variants": ctx.results, "crop": crop}
+    report = {"complete": True, "meta": meta, "variants": ctx.results, "crop": crop}
     print()
     print(format_table(report), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        _write_json(args.json, report)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _write_json(path: Path, report: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    partial.replace(path)  # atomic: a reader never sees half a file
 
 
 def _dist_version(name: str) -> str | None:

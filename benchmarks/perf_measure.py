@@ -322,6 +322,7 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     diff = (
         np.abs(pixels - ctx.baseline_pixels) if pixels.shape == ctx.baseline_pixels.shape else None
     )
+    conversion = getattr(model, "fp8_conversion", None)  # INPAINT_FP8's, part of load_s
     result: dict[str, Any] = {
         "variant": name,
         "text_tokens": model.prompts.max_sequence_length,
@@ -329,6 +330,9 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
         "env": env_form({"quant": settings.quant, **overrides}),
         "applied": {
             "dequantized": model.dequantized,
+            "fp8": model.fp8,
+            "fp8_layers": conversion.layers if conversion else 0,
+            "fp8_s": conversion.seconds if conversion else None,
             "compiled": model.compiled,
             "text_encoders_offloaded": model.prompts.text_encoder_home is not None,
             "prompt_cache": settings.prompt_cache_size > 0,
@@ -363,9 +367,12 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     return result, None
 
 
-def add_ratios(results: list[dict[str, Any]], bound_step_s: float | None) -> None:
-    """ours / baseline for the headline figures, and the compute-bound multiple."""
-    base = next((r for r in results if r["variant"] == "baseline"), None)
+def add_ratios(
+    results: list[dict[str, Any]], bound_step_s: float | None, reference: str = "baseline"
+) -> None:
+    """variant / reference (the baseline by default) for the headline figures, and the
+    compute-bound multiple."""
+    base = next((r for r in results if r["variant"] == reference), None)
     for r in results:
         r["compute_bound_multiple"] = r["step_s"] / bound_step_s if bound_step_s else None
         if base is None:

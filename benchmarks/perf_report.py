@@ -1,8 +1,14 @@
-"""The perf benchmark's report: the table printed after a run."""
+"""The perf benchmark's report: the table printed after a run, and the short summary of a run's
+JSON file (``python -m benchmarks.perf_report --summary FILE``; also of a run stopped by a time
+limit, whose file holds the variants measured so far)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # --- output --------------------------------------------------------------------------------------
@@ -30,6 +36,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     meta = report["meta"]
     results = report["variants"]
     cuda = meta["cuda"]
+    ref = meta.get("reference", "baseline")
     mem = "peak GPU mem allocated (GiB)" if cuda else "peak process RSS (GiB, CPU)"
     rows: list[tuple[str, str, str]] = [
         ("cold start: load + warm-up (s)", "cold_start_s", "s"),
@@ -37,7 +44,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         ("  warm-up (s)", "warmup_s", "s"),
         ("first job at size (s)", "first_job_s", "s"),
         (f"warm job, median of {meta['repeats']} (s)", "job_s", "s"),
-        ("  speed-up vs baseline", "speedup_job", "x"),
+        (f"  speed-up vs {ref}", "speedup_job", "x"),
         ("transformer step (s)", "step_s", "s"),
         ("  x bf16 compute bound", "compute_bound_multiple", "x"),
         ("text encoding per job (s)", "text_encode_s", "s"),
@@ -45,14 +52,14 @@ def format_table(report: Mapping[str, Any]) -> str:
         ("VAE encode + decode (s)", "vae_s", "s"),
         (mem, "peak_mem_bytes", "gib"),
         ("  during warm jobs (GiB)", "peak_mem_job_bytes", "gib"),
-        ("max |pixel diff| vs baseline", "diff_max", "px"),
-        ("mean |pixel diff| vs baseline", "diff_mean", "px"),
+        (f"max |pixel diff| vs {ref}", "diff_max", "px"),
+        (f"mean |pixel diff| vs {ref}", "diff_mean", "px"),
         (f"  within tolerance ({meta['tolerance']})", "within_tolerance", "s"),
     ]
     if cuda:
         rows.insert(13, ("  reserved (GiB)", "peak_mem_reserved_bytes", "gib"))
     ratio_rows = [
-        ("ratio job ours/baseline", "job_s"),
+        (f"ratio job ours/{ref}", "job_s"),
         ("ratio step", "step_s"),
         ("ratio cold start", "cold_start_s"),
         ("ratio peak memory", "peak_mem_bytes"),
@@ -106,3 +113,78 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"{_fmt(crop['speedup_equal_detail'], 'x')}",
         ]
     return "\n".join(lines)
+
+
+# --- summary -------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("job (s)", "job_s", "s"),
+    ("step (s)", "step_s", "s"),
+    ("first job (s)", "first_job_s", "s"),
+    ("load (s)", "load_s", "s"),
+    ("warm-up (s)", "warmup_s", "s"),
+    ("peak mem (GiB)", "peak_mem_bytes", "gib"),
+    ("jobs peak (GiB)", "peak_mem_job_bytes", "gib"),
+    ("diff mean", "diff_mean", "px"),
+    ("diff max", "diff_max", "px"),
+    ("diff p99", "diff_p99", "px"),
+)
+
+
+def format_summary(report: Mapping[str, Any], expected: Sequence[str] = ()) -> str:
+    """One line per variant: time per job and per step, peak memory and the pixel difference to
+    the reference (the first variant measured); a variant of ``expected`` that the run did not
+    reach is listed as such."""
+    results = {r["variant"]: r for r in report.get("variants", [])}
+    meta = report.get("meta") or {}
+    order = list(results) + [name for name in expected if name not in results]
+    reference = meta.get("reference") or (next(iter(results)) if results else "n/a")
+    memory = meta.get("memory_kind", "GPU max_memory_allocated; on CPU peak RSS")
+    width = max([len(name) for name in order] + [10]) + 2
+    lines = [
+        f"FP8 run summary: {'complete' if report.get('complete') else 'INCOMPLETE'}; "
+        f"pixel differences vs {reference} (0..255); memory: {memory}",
+    ]
+    if meta:
+        lines.append(
+            f"{meta.get('device_name')}, {meta.get('size')}x{meta.get('size')}, "
+            f"{meta.get('steps')} steps, median of {meta.get('repeats')}, {meta.get('date')}"
+        )
+    header = "variant".ljust(width) + "".join(title.rjust(16) for title, _, _ in SUMMARY_COLUMNS)
+    lines += [header + "  settings in effect"]
+    for name in order:
+        r = results.get(name)
+        if r is None:
+            lines.append(name.ljust(width) + "not measured (time limit or failure)")
+            continue
+        cells = "".join(_fmt(r.get(key), kind).rjust(16) for _, key, kind in SUMMARY_COLUMNS)
+        applied = r.get("applied", {})
+        fp8 = applied.get("fp8")
+        if applied.get("fp8_layers"):
+            fp8 = f"{fp8} ({applied['fp8_layers']} layers in {_fmt(applied.get('fp8_s'))} s)"
+        lines.append(
+            name.ljust(width)
+            + cells
+            + f"  fp8={fp8} compiled={applied.get('compiled')} {r.get('env')}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Summary of a perf_bench JSON file")
+    parser.add_argument("--summary", type=Path, required=True, help="perf_bench --json file")
+    parser.add_argument("--expect", default="", help="comma-separated variants the run planned")
+    args = parser.parse_args(argv)
+    expected = [v for v in args.expect.split(",") if v]
+    if not args.summary.exists():
+        print(f"no results: {args.summary} was not written")
+        print(format_summary({"variants": []}, expected))
+        return 1
+    report = json.loads(args.summary.read_text())
+    print(format_summary(report, expected))
+    missing = [name for name in expected if name not in {r["variant"] for r in report["variants"]}]
+    return 0 if report.get("complete") and not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

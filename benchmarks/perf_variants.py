@@ -28,9 +28,21 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
 #: rounding, and random weights amplify that, so the figure is informative, never asserted.
 DEFAULT_TOLERANCE = 1.0
 
+#: First-block step cache threshold of the FP8 profiles (cache-dit's FLUX setting; approximate).
+STEP_CACHE_THRESHOLD = 0.08
+
 PRESETS: dict[str, str] = {
     "ours": "cache+embeds+dequant+compile",
-    "ours-l4": "cache+embeds+offload-te+compile",
+    # The 24 GB (L4) profile: FP8 weights from the Q8_0 file (a Q4_0 source keeps its 4-bit
+    # error), compiled, with the step cache; CLIP/T5 parked in CPU memory (issue 20).
+    "ours-l4": f"cache+embeds+offload-te+Q8_0+fp8+compile+stepcache-{STEP_CACHE_THRESHOLD}",
+    # The L4 profile before FP8: the Q4_0 GGUF layers dequantized on every forward.
+    "ours-l4-gguf": "cache+embeds+offload-te+compile+Q4_0",
+    # The FP8 ladder, each from the Q8_0 file, and its reference: the same file in dense bf16.
+    "bf16": "cache+embeds+Q8_0+dequant",
+    "fp8": "cache+embeds+Q8_0+fp8",
+    "fp8+compile": "cache+embeds+Q8_0+fp8+compile",
+    "fp8+compile+stepcache": f"cache+embeds+Q8_0+fp8+compile+stepcache-{STEP_CACHE_THRESHOLD}",
 }
 _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
     "cache": {"prompt_cache_size": 32},
@@ -39,6 +51,9 @@ _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
     "dequant": {"dequantize": True},
     "compile": {"compile": True},
     "cpu-offload": {"cpu_offload": True},
+    "fp8": {"fp8": "auto"},
+    "fp8-weight-only": {"fp8": "weight-only"},
+    "fp8-dynamic": {"fp8": "dynamic"},
     "Q4_0": {"quant": "Q4_0"},
     "Q8_0": {"quant": "Q8_0"},
 }
@@ -51,6 +66,7 @@ BASELINE_SETTINGS: dict[str, Any] = {
     "cpu_offload": False,
     "attention_backend": None,
     "step_cache_threshold": 0.0,
+    "fp8": "off",
 }
 
 
@@ -89,7 +105,8 @@ def variant_settings(name: str) -> dict[str, Any]:
     spec = PRESETS.get(name)
     if spec is None:
         if not name.startswith("ours-"):
-            raise ValueError(f"unknown variant {name!r}: 'baseline', 'ours', 'ours-l4' or ours-...")
+            presets = ", ".join(repr(p) for p in PRESETS)
+            raise ValueError(f"unknown variant {name!r}: 'baseline', {presets} or ours-...")
         spec = name.removeprefix("ours-")
     values = dict(BASELINE_SETTINGS)
     for token in spec.split("+"):

@@ -229,6 +229,15 @@ class Settings(BaseSettings):
         description="diffusers attention backend for the transformer (e.g. native, "
         "_native_cudnn, _native_flash, flash); unset keeps diffusers' default (PyTorch SDPA).",
     )
+    fp8: Literal["off", "auto", "weight-only", "dynamic"] = Field(
+        "off",
+        description="Transformer weights in float8 e4m3 (torchao), converted from the GGUF file "
+        "at load, one layer at a time (a Q8_0 file is the better source). dynamic: FP8 weights "
+        "and activations, FP8 matmuls (CUDA compute capability >= 8.9, e.g. L4, H100, and "
+        "bfloat16); weight-only: FP8 weights, matmuls in the compute dtype (any device); auto: "
+        "dynamic where supported, else weight-only. Refused with INPAINT_DEQUANTIZE or "
+        "INPAINT_CPU_OFFLOAD.",
+    )
     step_cache_threshold: float = Field(
         0.0,
         ge=0.0,

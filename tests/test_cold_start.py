@@ -52,12 +52,21 @@ def test_probe_prints_each_figure_as_a_json_line(tiny_model_dir):
     assert [sorted(x) for x in lines] == [
         ["import_s", "mode"],
         sorted(
-            ["load_s", "mode", "peak_rss_bytes", "read_bytes", "text_encoders_loaded", *RESIDENT]
+            [
+                "fp8",
+                "load_s",
+                "mode",
+                "peak_rss_bytes",
+                "read_bytes",
+                "text_encoders_loaded",
+                *RESIDENT,
+            ]
         ),
         sorted(["mode", "peak_rss_bytes", "read_bytes", "ready_s", "warmup_s", *RESIDENT]),
         sorted(["mode", "peak_rss_bytes", "step_read_bytes", "step_s", *RESIDENT]),
     ]
     load, ready, step = lines[1], lines[2], lines[3]
+    assert load["fp8"] == "off"
     assert load["text_encoders_loaded"] is False  # the tiny builder precomputed the default
     assert load["load_s"] >= 0 and ready["warmup_s"] >= 0 and load["peak_rss_bytes"] > 0
     assert ready["ready_s"] >= load["load_s"] and ready["read_bytes"] >= load["read_bytes"]
@@ -65,3 +74,12 @@ def test_probe_prints_each_figure_as_a_json_line(tiny_model_dir):
     assert step["peak_rss_bytes"] >= ready["peak_rss_bytes"] >= load["peak_rss_bytes"]
     # The split itself (that the weights are file pages) is proven in test_model_mapped.py.
     assert all(line[key] > 0 for line in lines[1:] for key in RESIDENT)
+
+
+def test_probe_reports_the_fp8_conversion(tiny_model_dir):
+    """``--fp8 weight-only``: the load line says how many layers became float8, in what time,
+    and how many bytes of the mapped file's pages the conversion released."""
+    lines = run_probe(tiny_model_dir, "--until", "load", "--fp8", "weight-only")
+    load = lines[1]
+    assert load["fp8"] == "weight-only" and load["fp8_layers"] > 10
+    assert load["fp8_s"] >= 0 and load["fp8_bytes"] > 0 and load["fp8_released_file_bytes"] > 0

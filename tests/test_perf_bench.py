@@ -173,6 +173,24 @@ def test_variant_names_map_to_settings():
     assert ours["dequantize"] and ours["compile"] and ours["prompt_cache_size"] > 0
     l4 = perf_variants.variant_settings("ours-l4")
     assert l4["offload_text_encoders"] and l4["compile"] and not l4["dequantize"]
+    # issue 20: the L4 profile is FP8 from the Q8_0 file, with the step cache; the old one stays
+    assert l4["fp8"] == "auto" and l4["quant"] == "Q8_0" and l4["step_cache_threshold"] == 0.08
+    gguf_l4 = perf_variants.variant_settings("ours-l4-gguf")
+    assert gguf_l4["fp8"] == "off" and gguf_l4["quant"] == "Q4_0" and gguf_l4["compile"]
+    assert gguf_l4["offload_text_encoders"] and gguf_l4["step_cache_threshold"] == 0
+    ladder = [perf_variants.variant_settings(n) for n in ("fp8", "fp8+compile")]
+    ladder.append(perf_variants.variant_settings("fp8+compile+stepcache"))
+    assert [(v["fp8"], v["compile"], v["step_cache_threshold"] > 0) for v in ladder] == [
+        ("auto", False, False),
+        ("auto", True, False),
+        ("auto", True, True),
+    ]
+    assert all(v["quant"] == "Q8_0" and not v["offload_text_encoders"] for v in ladder)
+    bf16 = perf_variants.variant_settings("bf16")
+    assert bf16["dequantize"] and bf16["quant"] == "Q8_0" and bf16["fp8"] == "off"
+    assert perf_variants.variant_settings("ours-fp8-weight-only")["fp8"] == "weight-only"
+    assert perf_variants.variant_settings("ours-fp8-dynamic")["fp8"] == "dynamic"
+    assert perf_variants.variant_settings("baseline")["fp8"] == "off"
     custom = perf_variants.variant_settings("ours-cache+attn-_native_cudnn+stepcache-0.08+Q8_0")
     assert custom["attention_backend"] == "_native_cudnn"
     assert custom["step_cache_threshold"] == 0.08 and custom["quant"] == "Q8_0"
@@ -181,6 +199,16 @@ def test_variant_names_map_to_settings():
             perf_variants.variant_settings(bad)
     env = perf_variants.env_form({"quant": "Q4_0", **perf_variants.variant_settings("ours")})
     assert "INPAINT_DEQUANTIZE=true" in env and "INPAINT_COMPILE=true" in env
+
+
+def test_the_reference_variant_is_measured_first():
+    args = perf_bench.parse_args(["--variants", "ours,baseline,ours-l4"])
+    assert args.reference == "baseline" and args.variant_list == ["baseline", "ours", "ours-l4"]
+    args = perf_bench.parse_args(["--variants", "fp8,bf16", "--reference", "bf16"])
+    assert args.variant_list == ["bf16", "fp8"]
+    assert perf_bench.parse_args(["--variants", "fp8,bf16"]).reference == "fp8"
+    with pytest.raises(SystemExit):
+        perf_bench.parse_args(["--variants", "fp8", "--reference", "bf16"])
 
 
 def test_full_scale_on_a_cpu_runs_in_bfloat16():

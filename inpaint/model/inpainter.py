@@ -9,9 +9,10 @@ Decisions made here and why:
 * Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
   independently of which GPU ran it (up to kernel nondeterminism).
 * Speed-ups are settings, each off by default and measured one at a time by
-  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, regional
-  torch.compile (CUDA only), an attention backend, text encoders offloaded to CPU memory between
-  cache misses, and an approximate first-block step cache.
+  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, FP8 weights
+  (``inpaint.model.fp8``), regional torch.compile (CUDA only), an attention backend, text
+  encoders offloaded to CPU memory between cache misses, and an approximate first-block step
+  cache.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ from inpaint.model.checks import (
     resolve_dtype,
 )
 from inpaint.model.encoders import PromptEncoder
+from inpaint.model.fp8 import (
+    Fp8Conversion,
+    Fp8Mode,
+    choose_fp8_mode,
+    convert_transformer,
+    device_capability,
+)
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 from inpaint.prompts import EmbeddingStore
@@ -77,6 +85,8 @@ class InpaintModel:
         self.quant = settings.quant
         self.gguf_path = settings.gguf_path
         self.dequantized = False
+        self.fp8: Fp8Mode = "off"  # INPAINT_FP8's mode in effect (``inpaint.model.fp8``)
+        self.fp8_conversion: Fp8Conversion | None = None
         self.compiled = False
         self.load_seconds = 0.0
         self.device_health = DeviceHealth()
@@ -110,6 +120,14 @@ class InpaintModel:
                 "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
                 "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
             )
+        fp8 = choose_fp8_mode(  # before any weight is read: a refusal costs nothing
+            settings.fp8,
+            device=device,
+            capability=device_capability(device) if settings.fp8 != "off" else None,
+            dtype=str(dtype).removeprefix("torch."),
+            dequantize=settings.dequantize,
+            cpu_offload=settings.cpu_offload,
+        )
         started = time.perf_counter()
         # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
         diffusers_logging.disable_progress_bar()
@@ -167,6 +185,11 @@ class InpaintModel:
         loaded.prompts.require_default()
         if settings.dequantize:
             loaded._dequantize()
+        if fp8 != "off":  # on its device already; before compile and the step cache
+            loaded.fp8_conversion = convert_transformer(
+                pipe.transformer, fp8, dtype=dtype, source=settings.gguf_path
+            )
+            loaded.fp8 = fp8
         loaded._configure_transformer(on_gpu)
         loaded.load_seconds = time.perf_counter() - started
         logger.info(
@@ -176,6 +199,7 @@ class InpaintModel:
                 "dtype": loaded.dtype_name,
                 "gguf": str(settings.gguf_path),
                 "dequantized": loaded.dequantized,
+                "fp8": loaded.fp8,
                 "compiled": loaded.compiled,
                 "textEncodersOffloaded": loaded.prompts.text_encoder_home is not None,
                 "textEncodersLoaded": loaded.prompts.text_encoders_loaded,
