@@ -7,9 +7,9 @@
 #    builder, on the GPU) unless it is already there;
 # 2. measures, with the production loader, at 1024x1024 and 28 steps (one process,
 #    benchmarks/perf_bench.py): `bf16` (the Q8_0 file dequantized to bf16: the reference),
-#    `ours-l4-gguf` (today's L4 profile: Q4_0 GGUF layers, compiled, encoders parked), `fp8`,
+#    `ours-l4-gguf` (today's L4 profile: Q4_0 GGUF layers, compiled, encoders offloaded), `fp8`,
 #    `fp8+compile`, `fp8+compile+stepcache` (all from the Q8_0 file) and `ours-l4` (the new L4
-#    profile: FP8 + compile + step cache + encoders parked; its peak includes a new prompt's T5
+#    profile: FP8 + compile + step cache + encoders offloaded; its peak includes a new prompt's T5
 #    visit). The JSON is rewritten after each variant, so a run cut by the budget keeps what
 #    it measured;
 # 3. prints the summary: time per job and per step, peak GPU memory, and the output difference

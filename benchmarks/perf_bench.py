@@ -20,7 +20,8 @@ Variants (``--variants``, comma separated, measured in this order in one process
   transformer, default settings, CLIP and T5 run for every job (prompt cache off).
 * ``ours-TOKEN+TOKEN...``: the production loader with the named speed-ups, each a setting of
   ``inpaint.config.Settings`` (printed as INPAINT_* variables): ``cache`` (prompt-embedding
-  cache), ``offload-te`` (text encoders offloaded to CPU memory between cache misses), ``dequant``
+  cache), ``offload-te`` (text encoders offloaded to CPU memory between cache misses),
+  ``pin-te`` (the same, their CPU copies page-locked), ``dequant``
   (GGUF -> compute dtype once at load), ``compile`` (regional torch.compile, CUDA only),
   ``attn-NAME`` (diffusers attention backend), ``stepcache-T`` (first-block step cache,
   approximate), ``cpu-offload`` (model CPU offload), ``Q4_0``/``Q8_0`` (GGUF file).

@@ -34,7 +34,7 @@ STEP_CACHE_THRESHOLD = 0.08
 PRESETS: dict[str, str] = {
     "ours": "cache+embeds+dequant+compile",
     # The 24 GB (L4) profile: FP8 weights from the Q8_0 file (a Q4_0 source keeps its 4-bit
-    # error), compiled, with the step cache; CLIP/T5 parked in CPU memory (issue 20).
+    # error), compiled, with the step cache; CLIP/T5 offloaded to CPU memory (issue 20).
     "ours-l4": f"cache+embeds+offload-te+Q8_0+fp8+compile+stepcache-{STEP_CACHE_THRESHOLD}",
     # The L4 profile before FP8: the Q4_0 GGUF layers dequantized on every forward.
     "ours-l4-gguf": "cache+embeds+offload-te+compile+Q4_0",
@@ -48,6 +48,7 @@ _TOKEN_SETTINGS: dict[str, dict[str, Any]] = {
     "cache": {"prompt_cache_size": 32},
     "embeds": {"prompt_embeddings": True},
     "offload-te": {"offload_text_encoders": True},
+    "pin-te": {"offload_text_encoders": True, "pin_text_encoders": True},
     "dequant": {"dequantize": True},
     "compile": {"compile": True},
     "cpu-offload": {"cpu_offload": True},
@@ -63,6 +64,7 @@ BASELINE_SETTINGS: dict[str, Any] = {
     "dequantize": False,
     "compile": False,
     "offload_text_encoders": False,
+    "pin_text_encoders": False,
     "cpu_offload": False,
     "attention_backend": None,
     "step_cache_threshold": 0.0,

@@ -191,6 +191,9 @@ def test_variant_names_map_to_settings():
     assert perf_variants.variant_settings("ours-fp8-weight-only")["fp8"] == "weight-only"
     assert perf_variants.variant_settings("ours-fp8-dynamic")["fp8"] == "dynamic"
     assert perf_variants.variant_settings("baseline")["fp8"] == "off"
+    pinned = perf_variants.variant_settings("ours-cache+pin-te")
+    assert pinned["pin_text_encoders"] and pinned["offload_text_encoders"]
+    assert not perf_variants.variant_settings("ours-l4")["pin_text_encoders"]
     custom = perf_variants.variant_settings("ours-cache+attn-_native_cudnn+stepcache-0.08+Q8_0")
     assert custom["attention_backend"] == "_native_cudnn"
     assert custom["step_cache_threshold"] == 0.08 and custom["quant"] == "Q8_0"

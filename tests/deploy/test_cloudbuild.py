@@ -434,16 +434,22 @@ def test_runtime_environment_variables():
     assert not unknown, f"not settings of inpaint/config.py: {unknown}"
 
 
-def test_the_deploy_runs_the_l4_memory_profile():
-    """The L4 (24 GB) profile of docs/performance.md: CLIP and T5 offloaded to CPU memory (left on
-    the GPU after the first custom prompt, they would not fit beside the transformer and a
-    1 MP job), no dequantized transformer, and no compile (the image has no C compiler)."""
+def test_the_deploy_runs_the_l4_profile_that_keeps_custom_prompts():
+    """``ours-l4-gguf`` of docs/performance.md: the Q4_0 file with CLIP and T5 offloaded to CPU
+    memory (left on the GPU after the first custom prompt, they would not fit beside the
+    transformer and a 1 MP job), nothing dequantized, no FP8 (it needs Q8_0 and an image
+    without text encoders, and a GPU measurement first), and no compile (the image has no C
+    compiler)."""
     from benchmarks.perf_variants import variant_settings
 
+    profile = variant_settings("ours-l4-gguf")
     env = key_values(flag_values(deploy_args())["set-env-vars"])
-    assert variant_settings("ours-l4")["offload_text_encoders"] is True
+    substitutions = yaml.safe_load(CLOUDBUILD.read_text())["substitutions"]
+    assert substitutions["_QUANT"] == profile["quant"] == "Q4_0"
+    assert profile["offload_text_encoders"] is True
     assert env["INPAINT_OFFLOAD_TEXT_ENCODERS"] == "true"
     assert "INPAINT_DEQUANTIZE" not in env and "INPAINT_CPU_OFFLOAD" not in env
+    assert env.get("INPAINT_FP8", "off") == "off"
     assert env.get("INPAINT_COMPILE", "false") == "false"
 
 
