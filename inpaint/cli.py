@@ -189,6 +189,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
+    # inpaint.model first: its import sets the offline environment and sends torch's, torchao's
+    # and diffusers' log records to the JSON handler before the builder imports diffusers.
+    import inpaint.model  # noqa: F401
     from inpaint.randmodel import build_tiny_model
 
     dest = build_tiny_model(args.dest, layout=args.layout, quant=args.quant)

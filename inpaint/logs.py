@@ -65,7 +65,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 #: Libraries that attach their own plain-text handler to their top logger when imported.
-LIBRARY_LOGGERS = ("huggingface_hub", "transformers", "diffusers")
+LIBRARY_LOGGERS = ("huggingface_hub", "transformers", "diffusers", "torch", "torchao")
 
 
 def adopt_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:

@@ -28,6 +28,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
 
+# One JSON line per log record, also for what the libraries say while they load: torch has its
+# own plain handler (importing torchao makes it warn), and diffusers and transformers install one
+# when imported. So torch's records go to the root handler before diffusers (which imports
+# torchao) is imported, and the others' right after.
+import torch  # noqa: F401
+
+from inpaint.logs import adopt_library_loggers
+
+adopt_library_loggers(("torch",))
+
+import diffusers  # noqa: F401
+import transformers  # noqa: F401
+
+adopt_library_loggers()
+
 from inpaint.model.checks import (
     check_attention_backend,
     check_model_files,
