@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear
-from PIL import Image
 from pydantic import ValidationError
 
 from inpaint.config import Settings
@@ -26,6 +25,7 @@ from inpaint.model import InpaintModel
 from inpaint.model import fp8 as fp8_module
 from inpaint.model.fp8 import ACTIVATION_VALUE_LB, choose_fp8_mode, gguf_linears, quant_config
 from inpaint.types import GenerationParams
+from tests.test_model_options import inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 torchao_quantization = pytest.importorskip("torchao.quantization")
@@ -46,13 +46,6 @@ Q8_0_SOURCE_BOUND = 0.04  # the same layer through Q8_0, then FP8: measured 0.02
 def settings(model_dir, **overrides) -> Settings:
     values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "bfloat16"}
     return Settings(**(values | overrides))
-
-
-def inputs(size=64):
-    ramp = np.linspace(0, 255, size * size * 3, dtype=np.float32).reshape(size, size, 3)
-    mask = Image.new("L", (size, size), 0)
-    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    return Image.fromarray(ramp.astype(np.uint8)), mask
 
 
 def params(steps=2):
