@@ -47,6 +47,7 @@ def handle_session(cloud_event: CloudEvent) -> None:
         trace_header=trace,
         shutdown=service.SHUTDOWN,
         queue=service.GPU_QUEUE,
+        stalled=service.gpu_stall,
     )
 
 

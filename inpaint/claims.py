@@ -150,14 +150,34 @@ def attempts_so_far(doc: dict[str, Any], event_id: str) -> int:
     return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
 
+def request_age(
+    doc: dict[str, Any], request: Request, now: dt.datetime, updated_at: dt.datetime | None
+) -> float:
+    """Seconds since the request this delivery would run was made.
+
+    A copy of an older request's event (kept by Pub/Sub, or a duplicate) may run the newest
+    request: its age is that request's, not the copy's. The request was made no earlier than
+    its event, the app's ``requestedAt`` (a server timestamp the rules enforce) and, while it
+    is ``queued``, the document's last write (the app's: the function never writes a queued
+    document); the newest of these is when it was made.
+    """
+    candidates = [request.event_time, doc.get("requestedAt")]
+    if doc.get("processingStatus") == QUEUED:
+        candidates.append(updated_at)
+    times = [t for t in candidates if isinstance(t, dt.datetime)]
+    return (now - max(times)).total_seconds() if times else 0.0
+
+
 def decide(
     doc: dict[str, Any] | None,
     request: Request,
     now: dt.datetime,
     policy: Policy,
     running: Collection[str] = (),
+    updated_at: dt.datetime | None = None,
 ) -> Decision:
-    """The claim's state machine (see the module docstring for the words)."""
+    """The claim's state machine (see the module docstring for the words); ``updated_at`` is
+    the document's last update time."""
     if doc is None:
         return Decision(Outcome.MISSING)
     status = doc.get("processingStatus")
@@ -175,7 +195,7 @@ def decide(
     if status == PROCESSING and lease in (Lease.OURS_LIVE, Lease.OTHERS_LIVE):
         holder_event = doc.get("eventId") == request.event_id
         return Decision(Outcome.RUNNING if holder_event else Outcome.BUSY)
-    age = (now - request.event_time).total_seconds() if request.event_time else 0.0
+    age = request_age(doc, request, now, updated_at)
     if age > policy.max_event_age_seconds:
         return Decision(Outcome.EXPIRED, expired_fields(request.event_id, age, policy, now))
     spent = attempts_so_far(doc, request.event_id)
@@ -220,6 +240,21 @@ def failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
         "leaseOwner": None,
         "leaseExpiresAt": None,
     }
+
+
+def release_fields(error: str, attempt: int, *, refund: bool, now: dt.datetime) -> dict[str, Any]:
+    """A lease given back after a transient error, the lease expiring now so a redelivery can
+    take over at once; ``refund`` gives the attempt back (a stop that was not the job's fault:
+    a shutdown, waiting for the GPU)."""
+    fields: dict[str, Any] = {
+        "leaseExpiresAt": now,
+        "lastError": error[:500],
+        "updatedAt": now,
+        "queuePosition": None,
+    }
+    if refund:
+        fields["attempts"] = max(attempt - 1, 0)
+    return fields
 
 
 def expired_fields(event_id: str, age: float, policy: Policy, now: dt.datetime) -> dict[str, Any]:

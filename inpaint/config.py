@@ -194,6 +194,14 @@ class Settings(BaseSettings):
         "cannot hold its session forever: the lease expires and a redelivery takes over. Above "
         "the 600 s ack deadline, after which Pub/Sub has already delivered the job again.",
     )
+    gpu_stall_seconds: float = Field(
+        300.0,
+        gt=0.0,
+        description="A job holding the GPU with no denoising step for this long is a hung "
+        "model call (driver or lock): /health answers 503 so Cloud Run replaces the instance, "
+        "the hung job gives its lease back and the jobs waiting behind it are redelivered "
+        "without spending an attempt. Far above one step (prompt encoding included).",
+    )
     max_queued_jobs: int = Field(
         4,
         ge=1,

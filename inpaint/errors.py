@@ -84,6 +84,12 @@ class DeviceFailedError(TransientError):
     redelivered, and ``inpaint.gpuhealth`` decides whether this instance is still sound."""
 
 
+class DeviceStalledError(TransientError):
+    """The GPU's holder made no progress past ``INPAINT_GPU_STALL_SECONDS`` (a hung model call):
+    jobs waiting for it give their leases back, without spending an attempt, and the instance
+    reports itself unhealthy."""
+
+
 class DeliverLaterError(TransientError):
     """Not a failure: this delivery may be the only live copy of a job that is still running
     under a lease, so it must not be acknowledged. Answered 503 without a traceback."""

@@ -61,6 +61,26 @@ class LeaseLostError(Exception):
     """Our lease is gone (another instance took over, or the app cancelled or re-queued)."""
 
 
+# Output path -> generation (0: absent; None in ``delete_outputs``: whatever is there).
+Outputs = dict[str, int]
+
+
+class OutputsChangedError(Exception):
+    """An output's generation changed between our read and our conditional upload."""
+
+    def __init__(self, path: str, written: Outputs) -> None:
+        super().__init__(f"{path} changed while the outputs were written")
+        self.written = written
+
+
+def output_paths(session: SessionRef) -> dict[str, str]:
+    """The document's path fields of a completed job (the replaced service's contract)."""
+    return {
+        "editedImagePath": session.storage_path(EDITED),
+        "previewImagePath": session.storage_path(PREVIEW),
+    }
+
+
 @dataclass(frozen=True)
 class Claim:
     """The result of ``claim``; ``owner`` is our lease token when ``ACQUIRED``."""
@@ -114,10 +134,13 @@ class FirebaseStore:
         with self._running_lock:
             self._running.add(owner)
 
+        version: list[Any] = [None]
+
         def decide(doc: dict[str, Any] | None) -> tuple[Claim, dict[str, Any] | None]:
             with self._running_lock:
                 running = frozenset(self._running)
-            decision = claims.decide(doc, wanted, now or utcnow(), self.policy, running)
+            updated = _as_datetime(version[0])
+            decision = claims.decide(doc, wanted, now or utcnow(), self.policy, running, updated)
             if decision.outcome is ClaimOutcome.ACQUIRED and decision.fields is None:
                 log.warning("the claim's reply was lost; the lease it wrote is ours")
             mine = owner if decision.outcome is ClaimOutcome.ACQUIRED else ""
@@ -129,7 +152,7 @@ class FirebaseStore:
 
         acquired = False
         try:
-            claim = self._compare_and_set(ref, decide)
+            claim = self._compare_and_set(ref, decide, on_read=version.__setitem__)
             acquired = claim.outcome is ClaimOutcome.ACQUIRED
             return claim
         finally:
@@ -165,20 +188,55 @@ class FirebaseStore:
         return snap.to_dict() if snap.exists else None
 
     # ------------------------------------------------------------------------ outputs
-    def upload_outputs(self, session: SessionRef, edited: bytes, preview: bytes) -> dict[str, str]:
-        """Uploads edited.jpg then preview.jpg; returns the document's path fields."""
-        paths = {"editedImagePath": session.storage_path(EDITED)}
-        paths["previewImagePath"] = session.storage_path(PREVIEW)
-        for path, data in (
-            (paths["editedImagePath"], edited),
-            (paths["previewImagePath"], preview),
-        ):
+    def output_generations(self, session: SessionRef) -> Outputs:
+        """The outputs' current generations (0: absent), the preconditions of their upload."""
+        generations: Outputs = {}
+        for name in (EDITED, PREVIEW):
+            path = session.storage_path(name)
+            blob = self._bucket.get_blob(path, retry=self._retry, timeout=self._timeout)
+            generations[path] = int(blob.generation) if blob is not None else 0
+        return generations
+
+    def upload_outputs(
+        self, session: SessionRef, edited: bytes, preview: bytes, expected: Outputs
+    ) -> Outputs:
+        """Uploads edited.jpg then preview.jpg, each only if its generation is still
+        ``expected``'s; returns the generations written. ``OutputsChangedError`` (with what was
+        written so far) when one changed meanwhile."""
+        written: Outputs = {}
+        for name, data in ((EDITED, edited), (PREVIEW, preview)):
+            path = session.storage_path(name)
             blob = self._bucket.blob(path)
             blob.cache_control = OUTPUT_CACHE_CONTROL
-            blob.upload_from_string(
-                data, content_type="image/jpeg", retry=self._retry, timeout=self._timeout
-            )
-        return paths
+            try:
+                blob.upload_from_string(
+                    data,
+                    content_type="image/jpeg",
+                    if_generation_match=expected.get(path, 0),
+                    retry=self._retry,
+                    timeout=self._timeout,
+                )
+            except gexc.PreconditionFailed as exc:
+                raise OutputsChangedError(path, written) from exc
+            written[path] = int(blob.generation)
+        return written
+
+    def delete_outputs(self, session: SessionRef, written: Outputs | None) -> None:
+        """Takes outputs back: exactly the generations in ``written`` (a job's own uploads, never
+        a newer one's), or every output of the session when None (its document is gone)."""
+        targets = (
+            written
+            if written is not None
+            else {session.storage_path(n): None for n in (EDITED, PREVIEW)}
+        )
+        for path, generation in targets.items():
+            try:
+                self._bucket.blob(path).delete(
+                    if_generation_match=generation, retry=self._retry, timeout=self._timeout
+                )
+                log.info("output taken back", extra={"path": path, "generation": generation})
+            except (gexc.NotFound, gexc.PreconditionFailed):
+                pass
 
     # ------------------------------------------------------------------ lease updates
     def heartbeat(
@@ -249,17 +307,11 @@ class FirebaseStore:
         """Records a permanent failure the user sees, if the lease is still ours."""
         return self._finish(claim, claims.failed_fields(message, code, utcnow()))
 
-    def release(self, claim: Claim, error: str) -> bool:
-        """Gives the lease up after a transient error so the redelivery can take over."""
-        now = utcnow()
+    def release(self, claim: Claim, error: str, *, refund: bool = False) -> bool:
+        """Gives the lease up after a transient error so the redelivery can take over;
+        ``refund`` gives the attempt back too (the stop was not the job's fault)."""
         return self._finish(
-            claim,
-            {
-                "leaseExpiresAt": now,
-                "lastError": error[:500],
-                "updatedAt": now,
-                "queuePosition": None,
-            },
+            claim, claims.release_fields(error, claim.attempt, refund=refund, now=utcnow())
         )
 
     def end(self, claim: Claim) -> None:
@@ -282,31 +334,19 @@ class FirebaseStore:
             log.warning("lease lost before the job could be recorded", extra={"owner": claim.owner})
         return ok
 
-    def record_missing(self, session: SessionRef, request: JobRequest) -> bool:
-        """A message for a session without a document: leave the user a visible error.
-
-        False when the document appeared meanwhile: this delivery is then its job's only copy.
-        """
-        now = utcnow()
-        fields = claims.failed_fields(
-            "The session was not found: its document did not exist when processing started.",
-            "not_found",
-            now,
-        ) | {"eventId": request.event_id, "createdBy": "inpaint"}
-        try:
-            self._ref(session).create(fields, retry=self._retry, timeout=self._timeout)
-        except gexc.AlreadyExists:
-            log.info("session document appeared meanwhile; not overwriting it")
-            return False
-        return True
-
     def _compare_and_set(
-        self, ref: Any, decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]]
+        self,
+        ref: Any,
+        decide: Callable[[dict[str, Any] | None], tuple[T, dict[str, Any] | None]],
+        on_read: Callable[[int, Any], None] | None = None,
     ) -> T:
-        """``compare_and_set`` on one Firestore document, its version being ``update_time``."""
+        """``compare_and_set`` on one Firestore document, its version being ``update_time``
+        (``on_read(0, version)`` hears each version read, before ``decide`` runs)."""
 
         def read() -> tuple[dict[str, Any] | None, Any]:
             snap = ref.get(retry=self._retry, timeout=self._timeout)
+            if on_read is not None:
+                on_read(0, snap.update_time)
             return (snap.to_dict() if snap.exists else None), snap.update_time
 
         def write(fields: dict[str, Any], version: Any) -> None:
@@ -325,6 +365,14 @@ class FirebaseStore:
 
     def _ref(self, session: SessionRef) -> Any:
         return self._db.document(session.document_path)
+
+
+def _as_datetime(value: Any) -> dt.datetime | None:
+    """A Firestore timestamp (``DatetimeWithNanoseconds`` or protobuf) as an aware datetime."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    to_datetime = getattr(value, "ToDatetime", None)
+    return to_datetime(tzinfo=dt.UTC) if to_datetime is not None else None
 
 
 def _initialize_app(settings: Settings) -> firebase_admin.App:

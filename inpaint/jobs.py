@@ -10,6 +10,7 @@ after ``INPAINT_MAX_ATTEMPTS`` deliveries.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import logging
 import threading
@@ -20,12 +21,22 @@ from typing import Any
 from inpaint.config import Settings
 from inpaint.errors import (
     DeliverLaterError,
+    DeviceStalledError,
     InvalidRequestError,
     PermanentError,
     TransientError,
 )
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
-from inpaint.firebase import UNCHANGED, Claim, ClaimOutcome, FirebaseStore, LeaseLostError
+from inpaint.firebase import (
+    UNCHANGED,
+    Claim,
+    ClaimOutcome,
+    FirebaseStore,
+    LeaseLostError,
+    Outputs,
+    OutputsChangedError,
+    output_paths,
+)
 from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
 from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
@@ -49,6 +60,7 @@ def handle_event(
     trace_header: str | None = None,
     shutdown: threading.Event | None = None,
     queue: GpuQueue | None = None,
+    stalled: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Entry point for one CloudEvent; what happened goes to the log.
 
@@ -56,6 +68,7 @@ def handle_event(
     help; transient failures raise ``TransientError``. Once ``shutdown`` is set no new job
     starts (the event is answered 500, so it is redelivered to another instance). ``queue`` is
     the instance's GPU queue (one per process); without one the job has the GPU to itself.
+    ``stalled`` says why the GPU counts as hung (None while it is not).
     """
     try:
         request = parse_event(event, trace_header=trace_header)
@@ -77,7 +90,7 @@ def handle_event(
         if shutdown is not None and shutdown.is_set():
             log.warning("event refused: the instance is shutting down")
             raise ShutdownError("the instance is shutting down; deliver again")
-        JobRunner(settings, store(), model, shutdown, queue).run(request)
+        JobRunner(settings, store(), model, shutdown, queue, stalled).run(request)
 
 
 def _event_id(event: Any) -> str | None:
@@ -87,8 +100,29 @@ def _event_id(event: Any) -> str | None:
         return None
 
 
+class Phase(enum.StrEnum):
+    """Where a claimed job is; decides whether a stop spends one of its attempts."""
+
+    INPUTS = "inputs"  # downloading and decoding its photo and mask
+    QUEUE = "queue"  # waiting for the GPU
+    GPU = "gpu"  # the model call
+    OUTPUTS = "outputs"  # pasting back, encoding, uploading, recording
+
+
+def spends_attempt(phase: Phase, exc: BaseException) -> bool:
+    """Whether a transient stop counts toward ``INPAINT_MAX_ATTEMPTS``.
+
+    Only what can be the job's own fault does: an error while it held its inputs, the GPU or its
+    outputs. A shutdown (SIGTERM) is the platform's; a job only waiting for the GPU, or stopped
+    because the GPU under it hung for another job, did nothing that could have caused it.
+    """
+    if isinstance(exc, ShutdownError | DeviceStalledError):
+        return False
+    return phase is not Phase.QUEUE
+
+
 class JobRunner:
-    """Runs one claimed job end to end."""
+    """Runs one claimed job end to end (one runner per delivery)."""
 
     def __init__(
         self,
@@ -97,12 +131,15 @@ class JobRunner:
         model: Callable[[], Model],
         shutdown: threading.Event | None = None,
         queue: GpuQueue | None = None,
+        stalled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._model = model
         self._shutdown = shutdown or threading.Event()
         self._queue = queue or GpuQueue()
+        self._stalled = stalled
+        self._phase = Phase.INPUTS
 
     def run(self, request: JobRequest) -> None:
         # 1. The pipeline must be ready before we take a lease (else: 500, redelivery).
@@ -125,8 +162,8 @@ class JobRunner:
         try:
             self._process(claim, model, timings, ticket)
         except LeaseLostError as exc:
-            # 8a. Cancelled, re-queued or taken over: stop without writing; whoever owns the
-            # session now (the app, or the instance holding the lease) decides what happens.
+            # 8a. Cancelled, re-queued, deleted or taken over: stop without writing; whoever
+            # owns the session now (the app, or the instance holding the lease) decides.
             log.warning("job stopped: %s", exc)
             return
         except PermanentError as exc:
@@ -139,25 +176,42 @@ class JobRunner:
             return
         except Exception as exc:
             # 8c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
-            # unless this was the last attempt the budget allows: then record the failure.
+            # unless this was the last attempt the budget allows: then record the failure. A
+            # stop that is not the job's fault gives its attempt back.
+            spent = spends_attempt(self._phase, exc)
             last = claim.attempt >= self._settings.max_attempts
-            if last and not isinstance(exc, ShutdownError) and self._give_up(claim, exc):
+            if spent and last and self._give_up(claim, exc):
                 return
-            log.exception("job interrupted by a transient error; it will be retried")
-            self._release(claim, exc)
+            log.exception(
+                "job interrupted by a transient error; it will be retried",
+                extra={"phase": self._phase.value, "attemptSpent": spent},
+            )
+            self._release(claim, exc, refund=not spent)
             raise TransientError(f"transient failure: {describe_error(exc)}") from exc
         finally:
             self._store.end(claim)
 
     def _process(self, claim: Claim, model: Model, timings: Timings, ticket: Ticket) -> None:
         s = self._settings
-        heartbeat = Heartbeat(self._store, claim, s, self._shutdown, on_lost=self._queue.wake)
+        heartbeat = Heartbeat(
+            self._store,
+            claim,
+            s,
+            self._shutdown,
+            on_lost=self._queue.wake,
+            stalled=lambda: self._stalled() if ticket.running else None,
+        )
         with heartbeat:
             # 4. Parameters from the document (bounded), defaults otherwise.
             params = job_params(claim.document, claim.session.session_id, s)
             # 5. Inputs from Storage (size-checked before download), while others use the GPU.
             with timings.stage("download"):
                 inputs = self._store.load_inputs(claim.session)
+
+            def on_step(step: int, total: int) -> None:
+                self._queue.progress(ticket)
+                heartbeat.progress(step, total)
+
             # 6. Decode and check; wait for the GPU (fair order, position published); repaint
             # the region around the mask; give the GPU to the next job; paste back, encode.
             result = repaint(
@@ -167,22 +221,22 @@ class JobRunner:
                 params,
                 s,
                 timings=timings,
-                on_step=heartbeat.progress,
+                on_step=on_step,
                 gpu_turn=lambda: self._gpu_turn(ticket, heartbeat, timings),
             )
-        # 7. The heartbeat is stopped and joined (no late lease write); outputs only while the
-        # lease is ours, then the status that points at them (lease checked again).
+        # 7. The heartbeat is stopped and joined (no late lease write). Outputs only under our
+        # lease and never over a newer request's (``write_outputs``), then the status that
+        # points at them; if that status cannot be written, our files are taken back.
         heartbeat.raise_if_lost()
-        self._store.check_lease(claim)
         with timings.stage("upload"):
-            paths = self._store.upload_outputs(
-                claim.session, result.edited_jpeg, result.preview_jpeg
-            )
+            written = write_outputs(self._store, claim, result.edited_jpeg, result.preview_jpeg)
         prepared = result.prepared
         busy = timings.busy()
+        # Unknown whether a complete that raised landed: the files stay; a redelivery finds the
+        # job completed (they are its outputs) or runs it again and replaces them.
         done = self._store.complete(
             claim,
-            paths
+            output_paths(claim.session)
             | {
                 "cost": round(busy * s.price_per_second, 6),
                 "busySeconds": round(busy, 3),
@@ -193,16 +247,28 @@ class JobRunner:
                 "region": list(prepared.region.box) if prepared.region else None,
             },
         )
+        if not done:
+            self._store.delete_outputs(claim.session, written)
+            raise LeaseLostError("the lease was lost before the job could be recorded")
         log.info(
-            "job completed" if done else "job finished after its lease was lost",
+            "job completed",
             extra={"timings": timings.stages, "busySeconds": round(busy, 3)},
         )
 
     @contextlib.contextmanager
     def _gpu_turn(self, ticket: Ticket, heartbeat: Heartbeat, timings: Timings) -> Iterator[None]:
         """Waits for the GPU (``queue`` stage, not billed), holds it for the model call only."""
+
+        def check() -> None:
+            heartbeat.raise_if_stopped()
+            stalled = self._stalled()
+            if stalled:
+                raise DeviceStalledError(stalled)
+
+        self._phase = Phase.QUEUE
         with timings.stage(QUEUE_STAGE):
-            self._queue.wait_turn(ticket, heartbeat.raise_if_stopped, heartbeat.queue_position)
+            self._queue.wait_turn(ticket, check, heartbeat.queue_position)
+        self._phase = Phase.GPU
         if ticket.waited:
             log.info("job left the queue", extra={"queueSeconds": timings.stages[QUEUE_STAGE]})
             heartbeat.queue_position(None)
@@ -210,15 +276,21 @@ class JobRunner:
             yield
         finally:
             self._queue.release_gpu(ticket)
+            self._phase = Phase.OUTPUTS
 
     def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
-        """Acknowledges what no retry can change; keeps a possibly only live copy alive."""
+        """Acknowledges what no retry can change; keeps a possibly only live copy alive.
+
+        A message for a session without a document is acknowledged with nothing written: the
+        user deleted it (or it never existed), and what a user deleted stays deleted. Files a
+        crashed job of that session may have left are taken back.
+        """
         code = claim.error_code
+        extra: dict[str, Any] = {"claim": claim.outcome.name}
         if claim.outcome is ClaimOutcome.MISSING:
-            if not self._store.record_missing(request.session, request):
-                raise DeliverLaterError("the session document appeared meanwhile")
-            code = "not_found"
-        extra = {"claim": claim.outcome.name} | ({"errorCode": code} if code else {})
+            self._store.delete_outputs(request.session, None)
+            extra["ignoredReason"] = "session_missing"
+        extra |= {"errorCode": code} if code else {}
         # A recorded failure is a WARNING with its errorCode: the failed-jobs metric counts it.
         level = logging.WARNING if code else logging.INFO
         log.log(level, "job not started: %s", claim.outcome.value, extra=extra)
@@ -245,11 +317,39 @@ class JobRunner:
             )
         return recorded
 
-    def _release(self, claim: Claim, exc: BaseException) -> None:
+    def _release(self, claim: Claim, exc: BaseException, *, refund: bool) -> None:
         try:
-            self._store.release(claim, describe_error(exc))
+            self._store.release(claim, describe_error(exc), refund=refund)
         except Exception:
             log.exception("could not release the lease; it will expire on its own")
+
+
+OUTPUT_RACES = 3
+
+
+def write_outputs(store: FirebaseStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
+    """Uploads the outputs only while the lease is ours, never over a newer request's files.
+
+    The generations are read *before* the lease check and every upload is conditional on
+    them: a newer request's job can only claim after our lease is gone, so anything it
+    uploads changes a generation we read, and our late upload then fails instead of
+    replacing its files. A changed generation while the lease is still ours is an older job's
+    stray upload (it takes its own files back): read again and retry.
+    """
+    written: Outputs = {}
+    for _ in range(OUTPUT_RACES):
+        expected = store.output_generations(claim.session)
+        try:
+            store.check_lease(claim)
+            return store.upload_outputs(claim.session, edited, preview, expected)
+        except OutputsChangedError as exc:
+            written |= exc.written
+            log.warning("outputs changed while being written; checking the lease again")
+        except BaseException:
+            store.delete_outputs(claim.session, written)
+            raise
+    store.delete_outputs(claim.session, written)
+    raise TransientError("the outputs kept changing while being written")
 
 
 def job_params(document: dict[str, Any], session_id: str, settings: Settings) -> GenerationParams:
@@ -313,8 +413,10 @@ class Heartbeat:
         shutdown: threading.Event | None = None,
         on_lost: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stalled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._store = store
+        self._stalled = stalled
         self._claim = claim
         self._clock = clock
         self._deadline = clock() + settings.max_job_seconds
@@ -372,6 +474,10 @@ class Heartbeat:
             if self._clock() > self._deadline:
                 self._give_up_lease()
                 return
+            stalled = self._stalled()
+            if stalled:
+                self._release_stalled(stalled)
+                return
             progress = self._progress if self._progress != self._sent else None
             position = self._position
             changed = position != self._position_sent
@@ -386,6 +492,18 @@ class Heartbeat:
                 return
             except Exception as exc:  # the job goes on; the lease check at the end decides
                 log.warning("heartbeat failed: %s", describe_error(exc))
+
+    def _release_stalled(self, why: str) -> None:
+        """This job's model call hung: its lease goes back now (the attempt stays spent: it held
+        the GPU), so the redelivery runs on a sound instance instead of waiting the lease out."""
+        self._lost = f"the job's model call hung: {why}"
+        log.error("job hung on the GPU: %s", why)
+        try:
+            self._store.release(self._claim, self._lost, refund=False)
+        except Exception as exc:
+            log.warning("could not release the hung job's lease: %s", describe_error(exc))
+        if self._on_lost is not None:
+            self._on_lost()
 
     def _give_up_lease(self) -> None:
         """A hung job stops renewing: its lease expires and a redelivery takes the job over."""

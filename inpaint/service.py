@@ -65,8 +65,11 @@ class State(enum.StrEnum):
 class Warmup:
     """Loads and warms the model once per process, in the background."""
 
-    def __init__(self, loader: Callable[[], Any]) -> None:
+    def __init__(
+        self, loader: Callable[[], Any], stall: Callable[[], str | None] = lambda: None
+    ) -> None:
         self._loader = loader
+        self._stall = stall
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._pid: int | None = None
@@ -135,6 +138,8 @@ class Warmup:
         """The state, ``BROKEN`` once the loaded model's device health says so."""
         health = getattr(self.model, "device_health", None)
         broken = health.broken if health is not None else None
+        if self.state is State.READY and not broken:
+            broken = self._stall()
         if self.state is State.READY and broken:
             return State.BROKEN, broken
         return self.state, self.error
@@ -208,10 +213,27 @@ class _Store:
             return self._store
 
 
-WARMUP = Warmup(load_and_warm)
-STORE = _Store()
 # The instance's one GPU, shared fairly by the jobs Cloud Run admits at once (--concurrency).
 GPU_QUEUE = GpuQueue()
+
+
+def gpu_stall() -> str | None:
+    """Why the GPU counts as hung (its holder silent past INPAINT_GPU_STALL_SECONDS), or None."""
+    return stall_reason(GPU_QUEUE.stalled_for(), get_settings().gpu_stall_seconds)
+
+
+def stall_reason(silent_seconds: float, limit: float) -> str | None:
+    """The verdict on a GPU holder silent for ``silent_seconds`` (pure)."""
+    if silent_seconds <= limit:
+        return None
+    return (
+        f"the model call has made no progress for {silent_seconds:.0f} s "
+        f"(INPAINT_GPU_STALL_SECONDS={limit:.0f}): the GPU is hung"
+    )
+
+
+WARMUP = Warmup(load_and_warm, stall=gpu_stall)
+STORE = _Store()
 # Set on SIGTERM: no new job starts, and a running job gives its lease back at its next step.
 SHUTDOWN = threading.Event()
 

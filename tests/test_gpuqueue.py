@@ -8,7 +8,15 @@ import threading
 import pytest
 
 from inpaint.errors import DeliverLaterError, TransientError
-from inpaint.gpuqueue import GpuQueue, Ticket, ahead_of, fair_round, next_up
+from inpaint.gpuqueue import (
+    FairQueue,
+    GpuQueue,
+    Ticket,
+    ahead_of,
+    fair_round,
+    next_up,
+    turn_bound,
+)
 
 
 @pytest.mark.parametrize(
@@ -173,3 +181,74 @@ def test_a_waiting_job_sees_sigterm_without_a_wake():
     shutdown.set()
     thread.join(30)
     assert not thread.is_alive() and outcome and not waiter.running
+
+
+def _run_next(queue: FairQueue, now: float = 0.0) -> Ticket:
+    """The next job takes the GPU, finishes its model call and leaves."""
+    ticket = queue.next_up()
+    assert ticket is not None
+    queue.start(ticket, now)
+    queue.release_gpu(ticket)
+    queue.leave(ticket)
+    return ticket
+
+
+def test_regression_a_users_second_job_is_not_starved_by_users_who_come_straight_back():
+    """Issue 27, defect 1: users re-entering at the current round kept round 0 busy forever."""
+    queue = FairQueue()
+    second = None
+    for ticket in [queue.admit("a", 4), queue.admit("a", 4)]:
+        ticket.ready = True
+        second = ticket
+    others = {}
+    for user in ("b", "c"):
+        others[user] = queue.admit(user, 4)
+        others[user].ready = True
+    ran: list[str] = []
+    for _ in range(16):
+        done = _run_next(queue)
+        ran.append(done.user)
+        if done is second:
+            break
+        if done.user != "a":  # that user sends the next job as soon as the last one ended
+            nxt = queue.admit(done.user, 4)
+            nxt.ready = True
+    assert ran == ["a", "b", "c", "a"]  # before: a, b, c, b, c, b, ... and "a" never again
+
+
+def test_an_overdue_job_goes_before_the_fair_order():
+    queue = FairQueue()
+    first = queue.admit("a", 3)
+    first.ready = True
+    # Later-admitted jobs of new users keep entering ahead of "a"'s second round.
+    second = queue.admit("a", 3)
+    second.ready = True
+    _run_next(queue)  # a's first job
+    passes = 0
+    while second.passed < queue.max_passes():
+        newcomer = queue.admit(f"n{passes}", 3)
+        newcomer.ready = True
+        assert queue.next_up() is newcomer  # the fair order: round 0 before "a"'s round 1
+        _run_next(queue)
+        passes += 1
+    newcomer = queue.admit("late", 3)
+    newcomer.ready = True
+    assert queue.next_up() is second  # overdue: no more passing
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4, 8])
+def test_turn_bound(capacity):
+    assert turn_bound(capacity) == 2 * (capacity - 1)
+
+
+def test_the_stall_clock_runs_only_while_a_job_holds_the_gpu():
+    queue = FairQueue()
+    ticket = queue.admit("a", 2)
+    ticket.ready = True
+    assert queue.stalled_for(100.0) == 0.0
+    queue.start(ticket, 100.0)
+    assert queue.stalled_for(130.0) == 30.0
+    queue.progress(ticket, 125.0)
+    assert queue.stalled_for(130.0) == 5.0
+    queue.release_gpu(ticket)
+    assert queue.stalled_for(1000.0) == 0.0

@@ -4,6 +4,7 @@ with Google's Firestore and Pub/Sub emulators, fake-gcs-server and the tiny mode
 from __future__ import annotations
 
 import concurrent.futures as cf
+import datetime as dt
 import io
 import time
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from tests.e2e.conftest import ellipse_mask, inference_count, pixels
 from tools import eventlib
+from tools.server import log_records
 
 SIZE = (1200, 800)
 
@@ -158,12 +160,35 @@ def test_permanent_errors_are_recorded_and_acknowledged(server, sessions, setup,
     assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
 
 
-def test_missing_document_is_recorded_where_the_app_looks(server, sessions):
+def test_no_delivery_creates_a_session_document(server, sessions):
+    """Issue 27, defect 3: a message for a missing session is acknowledged and logged with its
+    reason; nothing is written (before: a ``failed`` / "not found" document was created)."""
     user, session = sessions.create(create_doc=False)
-    assert server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
-    doc = sessions.doc(user, session)
-    assert doc["processingStatus"] == "failed"
-    assert "session was not found" in doc["errorMessage"]
+    event = eventlib.pubsub_binary(user, session)
+    assert server.post(*event).status_code == 200
+    assert sessions.doc(user, session) is None
+    assert sessions.files(user, session) == {"original.jpg", "mask_auto.png"}
+    ignored = [
+        r
+        for r in log_records(server)
+        if r.get("sessionId") == session and r.get("ignoredReason") == "session_missing"
+    ]
+    assert ignored and ignored[0]["severity"] == "INFO", ignored
+
+
+def test_a_session_the_user_deleted_stays_deleted_when_its_message_comes_again(server, sessions):
+    """Issue 27, defect 3: complete, the user deletes the document and the files, a duplicate of
+    the message arrives (Pub/Sub may deliver again after an acknowledgement): nothing returns."""
+    user, session = sessions.create()
+    event = eventlib.pubsub_binary(user, session)
+    assert server.post(*event).status_code == 200
+    assert sessions.wait(user, session)["processingStatus"] == "completed"
+    sessions.db.document(f"users/{user}/sessions/{session}").delete()
+    for name in sorted(sessions.files(user, session)):
+        sessions.blob(user, session, name).delete()
+    assert server.post(*event).status_code == 200
+    assert sessions.doc(user, session) is None
+    assert sessions.files(user, session) == set()
 
 
 @pytest.mark.parametrize(
@@ -197,12 +222,32 @@ def test_invalid_ids_are_acknowledged_and_touch_nothing(server, sessions, stack)
     assert "event rejected: userId" in server.log_text()
 
 
-def test_expired_events_are_marked_failed(server, sessions):
-    user, session = sessions.create()
+def test_an_expired_request_is_marked_failed(server, sessions):
+    """A request whose job died more than INPAINT_MAX_EVENT_AGE_SECONDS ago (its lease long
+    expired) and whose event comes back only now is failed as expired."""
     old = "2020-01-01T00:00:00Z"
-    assert server.post(*eventlib.pubsub_binary(user, session, time=old)).status_code == 200
+    user, session = sessions.create(
+        doc={
+            "processingStatus": "processing",
+            "eventId": "old-event",
+            "attempts": 1,
+            "leaseOwner": "gone:lease",
+            "leaseExpiresAt": dt.datetime(2020, 1, 1, 0, 10, tzinfo=dt.UTC),
+        }
+    )
+    headers, body = eventlib.pubsub_binary(user, session, "old-event", time=old)
+    assert server.post(headers, body).status_code == 200
     doc = sessions.wait(user, session)
-    assert doc["processingStatus"] == "failed" and "expired" in doc["errorMessage"]
+    assert doc["processingStatus"] == "failed" and doc["errorCode"] == "expired"
+
+
+def test_a_stale_copy_of_an_old_event_runs_the_new_request_instead_of_expiring_it(server, sessions):
+    """Issue 27, defect 6: the age is the request's, not the delivered copy's (before: the new
+    request was failed as expired)."""
+    user, session = sessions.create()  # queued just now (by the app)
+    stale = eventlib.pubsub_binary(user, session, "previous-request", time="2020-01-01T00:00:00Z")
+    assert server.post(*stale).status_code == 200
+    assert sessions.wait(user, session)["processingStatus"] == "completed"
 
 
 def test_storage_outage_answers_500_then_a_later_delivery_succeeds(server, sessions, stack):
