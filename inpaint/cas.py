@@ -1,7 +1,7 @@
 """Optimistic concurrency on one document: read, decide, write only if nobody wrote between.
 
 ``compare_and_set`` is the generic loop (the document store is passed in as ``read`` and
-``write``); ``inpaint.firebase`` runs every claim, heartbeat and final write through it, with a
+``write``); ``inpaint.store`` runs every claim, heartbeat and final write through it, with a
 Firestore document's ``update_time`` as the version.
 """
 
@@ -50,6 +50,7 @@ def compare_and_set(
     clock: Callable[[], float] = time.monotonic,
     wait: Callable[[tenacity.RetryCallState], float] = _cas_backoff,
     attempts: int = _CAS_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Read, decide, write only if nobody wrote in between (optimistic concurrency).
 
@@ -82,6 +83,7 @@ def compare_and_set(
         retry=tenacity.retry_if_exception_type((_WrittenMeanwhile, _NoAnswer)),
         stop=tenacity.stop_after_attempt(attempts),
         wait=wait,
+        sleep=sleep,
     )
     try:
         return retrying(attempt)

@@ -27,19 +27,19 @@ from inpaint.errors import (
     TransientError,
 )
 from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
-from inpaint.firebase import (
-    UNCHANGED,
-    Claim,
-    ClaimOutcome,
-    FirebaseStore,
-    LeaseLostError,
-    Outputs,
-    OutputsChangedError,
-    output_paths,
-)
 from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
 from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
+from inpaint.store import (
+    UNCHANGED,
+    Claim,
+    ClaimOutcome,
+    LeaseLostError,
+    Outputs,
+    OutputsChangedError,
+    SessionStore,
+    output_paths,
+)
 from inpaint.types import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ShutdownError(TransientError):
 
 def handle_event(
     event: Any,
-    store: Callable[[], FirebaseStore],
+    store: Callable[[], SessionStore],
     model: Callable[[], Model],
     settings: Settings,
     *,
@@ -127,7 +127,7 @@ class JobRunner:
     def __init__(
         self,
         settings: Settings,
-        store: FirebaseStore,
+        store: SessionStore,
         model: Callable[[], Model],
         shutdown: threading.Event | None = None,
         queue: GpuQueue | None = None,
@@ -327,7 +327,7 @@ class JobRunner:
 OUTPUT_RACES = 3
 
 
-def write_outputs(store: FirebaseStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
+def write_outputs(store: SessionStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
     """Uploads the outputs only while the lease is ours, never over a newer request's files.
 
     The generations are read *before* the lease check and every upload is conditional on
@@ -407,7 +407,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        store: FirebaseStore,
+        store: SessionStore,
         claim: Claim,
         settings: Settings,
         shutdown: threading.Event | None = None,

@@ -11,7 +11,6 @@ import pytest
 from inpaint.config import Settings
 from inpaint.errors import InvalidRequestError, PermanentError, TransientError
 from inpaint.events import SessionRef
-from inpaint.firebase import UNCHANGED, Claim, ClaimOutcome, LeaseLostError
 from inpaint.jobs import (
     MAX_SEED,
     Heartbeat,
@@ -20,6 +19,7 @@ from inpaint.jobs import (
     handle_event,
     job_params,
 )
+from inpaint.store import UNCHANGED, Claim, ClaimOutcome, LeaseLostError
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 
