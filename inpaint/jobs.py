@@ -15,8 +15,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, TypeVar
 
 from inpaint.config import Settings
 from inpaint.errors import (
@@ -45,6 +45,7 @@ from inpaint.types import GenerationParams
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
+T = TypeVar("T")
 
 
 class ShutdownError(TransientError):
@@ -114,9 +115,10 @@ def spends_attempt(phase: Phase, exc: BaseException) -> bool:
 
     Only what can be the job's own fault does: an error while it held its inputs, the GPU or its
     outputs. A shutdown (SIGTERM) is the platform's; a job only waiting for the GPU, or stopped
-    because the GPU under it hung for another job, did nothing that could have caused it.
+    because the GPU under it hung for another job, or whose outputs were raced by stale jobs'
+    uploads, did nothing that could have caused it.
     """
-    if isinstance(exc, ShutdownError | DeviceStalledError):
+    if isinstance(exc, ShutdownError | DeviceStalledError | OutputsRaceError):
         return False
     return phase is not Phase.QUEUE
 
@@ -324,32 +326,63 @@ class JobRunner:
             log.exception("could not release the lease; it will expire on its own")
 
 
-OUTPUT_RACES = 3
+OUTPUT_RACES = 5
 
 
-def write_outputs(store: SessionStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
+class OutputsRaceError(TransientError):
+    """The outputs kept changing under us (stray uploads of jobs that lost their leases)."""
+
+
+def write_outputs_steps(
+    store: SessionStore, claim: Claim, edited: bytes, preview: bytes
+) -> Generator[str, None, Outputs]:
     """Uploads the outputs only while the lease is ours, never over a newer request's files.
 
     The generations are read *before* the lease check and every upload is conditional on
     them: a newer request's job can only claim after our lease is gone, so anything it
     uploads changes a generation we read, and our late upload then fails instead of
     replacing its files. A changed generation while the lease is still ours is an older job's
-    stray upload (it takes its own files back): read again and retry.
+    stray upload (it takes its own files back): read again and retry. Whatever this job wrote
+    is taken back if it stops before its files are complete.
+
+    A generator that yields the name of each I/O step before doing it: production runs it
+    through (``write_outputs``); the deterministic simulation lets other actors act there.
     """
+    files = output_paths(claim.session)
+    data = {files["editedImagePath"]: edited, files["previewImagePath"]: preview}
     written: Outputs = {}
-    for _ in range(OUTPUT_RACES):
-        expected = store.output_generations(claim.session)
-        try:
+    try:
+        for _ in range(OUTPUT_RACES):
+            yield "read generations"
+            expected = store.output_generations(claim.session)
+            yield "check lease"
             store.check_lease(claim)
-            return store.upload_outputs(claim.session, edited, preview, expected)
-        except OutputsChangedError as exc:
-            written |= exc.written
-            log.warning("outputs changed while being written; checking the lease again")
-        except BaseException:
-            store.delete_outputs(claim.session, written)
-            raise
-    store.delete_outputs(claim.session, written)
-    raise TransientError("the outputs kept changing while being written")
+            try:
+                for path, content in data.items():
+                    yield f"upload {path.rsplit('/', 1)[-1]}"
+                    written[path] = store.upload_output(path, content, expected[path])
+                return written
+            except OutputsChangedError:
+                log.warning("outputs changed while being written; checking the lease again")
+        raise OutputsRaceError("the outputs kept changing while being written")
+    except BaseException:
+        yield "take back"
+        store.delete_outputs(claim.session, written)
+        raise
+
+
+def run_steps(steps: Generator[str, None, T]) -> T:
+    """Runs a step generator through, returning its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def write_outputs(store: SessionStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
+    """``write_outputs_steps`` run through."""
+    return run_steps(write_outputs_steps(store, claim, edited, preview))
 
 
 def job_params(document: dict[str, Any], session_id: str, settings: Settings) -> GenerationParams:
@@ -395,6 +428,27 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+class Tick(enum.StrEnum):
+    """What a heartbeat does at its next beat."""
+
+    RENEW = "renew"  # extend the lease, publish progress and queue position
+    OVERRUN = "overrun"  # past INPAINT_MAX_JOB_SECONDS: stop renewing, let the lease expire
+    STALLED = "stalled"  # this job's model call hung: give the lease back now
+
+
+def heartbeat_tick(now: float, deadline: float, stalled: str | None) -> Tick:
+    """The heartbeat's decision (pure; the simulation's heartbeat uses it too)."""
+    if now > deadline:
+        return Tick.OVERRUN
+    return Tick.STALLED if stalled else Tick.RENEW
+
+
+def heartbeat_interval(settings: Settings) -> float:
+    """Seconds between beats: ``INPAINT_PROGRESS_INTERVAL_SECONDS``, and at least three
+    renewals per lease."""
+    return max(0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3))
+
+
 class Heartbeat:
     """Keeps the lease alive and publishes progress while a job runs; the job's stop signal.
 
@@ -421,9 +475,7 @@ class Heartbeat:
         self._clock = clock
         self._deadline = clock() + settings.max_job_seconds
         self._max_job_seconds = settings.max_job_seconds
-        self._interval = max(
-            0.2, min(settings.progress_interval_seconds, settings.lease_seconds / 3)
-        )
+        self._interval = heartbeat_interval(settings)
         self._shutdown = shutdown or threading.Event()
         self._on_lost = on_lost
         self._progress: float | None = None
@@ -471,12 +523,13 @@ class Heartbeat:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if self._clock() > self._deadline:
+            stalled = self._stalled()
+            tick = heartbeat_tick(self._clock(), self._deadline, stalled)
+            if tick is Tick.OVERRUN:
                 self._give_up_lease()
                 return
-            stalled = self._stalled()
-            if stalled:
-                self._release_stalled(stalled)
+            if tick is Tick.STALLED:
+                self._release_stalled(stalled or "")
                 return
             progress = self._progress if self._progress != self._sent else None
             position = self._position

@@ -101,10 +101,6 @@ class LeaseLostError(Exception):
 class OutputsChangedError(Exception):
     """An output's generation changed between our read and our conditional upload."""
 
-    def __init__(self, path: str, written: Outputs) -> None:
-        super().__init__(f"{path} changed while the outputs were written")
-        self.written = written
-
 
 def output_paths(session: SessionRef) -> dict[str, str]:
     """The document's path fields of a completed job (the replaced service's contract)."""
@@ -238,20 +234,13 @@ class SessionStore:
             generations[path] = info.generation if info is not None else 0
         return generations
 
-    def upload_outputs(
-        self, session: SessionRef, edited: bytes, preview: bytes, expected: Outputs
-    ) -> Outputs:
-        """Uploads edited.jpg then preview.jpg, each only if its generation is still
-        ``expected``'s; returns the generations written. ``OutputsChangedError`` (with what was
-        written so far) when one changed meanwhile."""
-        written: Outputs = {}
-        for name, data in ((EDITED, edited), (PREVIEW, preview)):
-            path = session.storage_path(name)
-            try:
-                written[path] = self._blobs.write(path, data, expected.get(path, 0))
-            except gexc.PreconditionFailed as exc:
-                raise OutputsChangedError(path, written) from exc
-        return written
+    def upload_output(self, path: str, data: bytes, expected: int) -> int:
+        """Uploads one output only if its generation is still ``expected`` (0: absent);
+        returns the generation written, or ``OutputsChangedError`` when it changed."""
+        try:
+            return self._blobs.write(path, data, expected)
+        except gexc.PreconditionFailed as exc:
+            raise OutputsChangedError(f"{path} changed while the outputs were written") from exc
 
     def delete_outputs(self, session: SessionRef, written: Outputs | None) -> None:
         """Takes outputs back: exactly the generations in ``written`` (a job's own uploads, never

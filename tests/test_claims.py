@@ -242,3 +242,49 @@ def test_an_event_sent_before_the_failure_is_not_a_retry(event_id, sent, expecte
     assert decision.outcome.acknowledges is (expected is Outcome.FAILED)
     if expected is Outcome.ACQUIRED:
         assert decision.attempt == 1
+
+
+# --- the age of the request a delivery would run (issue 27, defect 6) -------------------------
+
+OLD_EVENT = NOW - dt.timedelta(days=3)
+DAY_AGO = NOW - dt.timedelta(days=1, hours=1)
+MINUTE_AGO = NOW - dt.timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("doc", "event_time", "updated_at", "age_seconds"),
+    [
+        # a fresh event: its own age
+        ({"processingStatus": "queued"}, MINUTE_AGO, MINUTE_AGO, 60),
+        # a stale copy of an earlier request's event, the new request queued a minute ago
+        ({"processingStatus": "queued"}, OLD_EVENT, MINUTE_AGO, 60),
+        ({"processingStatus": "queued", "requestedAt": MINUTE_AGO}, OLD_EVENT, None, 60),
+        # a request queued long ago and never touched since: old, whatever the copy says
+        ({"processingStatus": "queued"}, OLD_EVENT, DAY_AGO, 90000),
+        # a running request's takeover: its requestedAt bounds it, not the document's writes
+        ({"processingStatus": "processing", "requestedAt": MINUTE_AGO}, OLD_EVENT, NOW, 60),
+        ({"processingStatus": "processing"}, OLD_EVENT, NOW, 3 * 86400),
+        # no times at all: not judged old
+        ({"processingStatus": "queued"}, None, None, 0),
+    ],
+)
+def test_request_age(doc, event_time, updated_at, age_seconds):
+    request = Request(EVENT, event_time, ME)
+    assert claims.request_age(doc, request, NOW, updated_at) == pytest.approx(age_seconds)
+
+
+def test_regression_a_stale_copy_does_not_expire_the_new_request():
+    """Issue 27, defect 6: before, the copy's age failed the new request as expired."""
+    doc = {"processingStatus": "queued", "eventId": "previous-request"}
+    stale = Request("previous-request", OLD_EVENT, ME)
+    decision = claims.decide(doc, stale, NOW, POLICY, updated_at=MINUTE_AGO)
+    assert decision.outcome is Outcome.ACQUIRED and decision.attempt == 1
+
+
+@pytest.mark.parametrize(
+    ("attempt", "refund", "attempts"), [(1, True, 0), (5, True, 4), (3, False, None)]
+)
+def test_release_fields_give_the_attempt_back_only_on_a_refund(attempt, refund, attempts):
+    fields = claims.release_fields("boom", attempt, refund=refund, now=NOW)
+    assert fields["leaseExpiresAt"] == NOW and fields["lastError"] == "boom"
+    assert fields.get("attempts") == attempts

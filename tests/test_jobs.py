@@ -9,15 +9,25 @@ import threading
 import pytest
 
 from inpaint.config import Settings
-from inpaint.errors import InvalidRequestError, PermanentError, TransientError
+from inpaint.errors import (
+    DeviceStalledError,
+    InvalidRequestError,
+    PermanentError,
+    TransientError,
+)
 from inpaint.events import SessionRef
 from inpaint.jobs import (
     MAX_SEED,
     Heartbeat,
+    OutputsRaceError,
+    Phase,
     ShutdownError,
+    Tick,
     describe_error,
     handle_event,
+    heartbeat_tick,
     job_params,
+    spends_attempt,
 )
 from inpaint.store import UNCHANGED, Claim, ClaimOutcome, LeaseLostError
 
@@ -156,3 +166,65 @@ def test_a_job_past_its_maximum_time_stops_renewing_its_lease():
         with pytest.raises(LeaseLostError, match="INPAINT_MAX_JOB_SECONDS"):
             heartbeat.progress(5, 10)
     assert store.heartbeats == renewals
+
+
+# --- which stops spend an attempt (issue 27, defect 5) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "error", "spent"),
+    [
+        (Phase.INPUTS, RuntimeError("storage down"), True),  # it held its inputs
+        (Phase.GPU, RuntimeError("CUDA error"), True),  # it held the GPU
+        (Phase.OUTPUTS, RuntimeError("upload failed"), True),
+        (Phase.QUEUE, RuntimeError("firestore down while waiting"), False),
+        (Phase.INPUTS, ShutdownError("SIGTERM"), False),  # the platform's stop, in every phase
+        (Phase.QUEUE, ShutdownError("SIGTERM"), False),
+        (Phase.GPU, ShutdownError("SIGTERM"), False),
+        (Phase.OUTPUTS, ShutdownError("SIGTERM"), False),
+        (Phase.QUEUE, DeviceStalledError("another job hung the GPU"), False),
+        (Phase.OUTPUTS, OutputsRaceError("stale jobs' uploads"), False),
+    ],
+)
+def test_spends_attempt(phase, error, spent):
+    assert spends_attempt(phase, error) is spent
+
+
+@pytest.mark.parametrize(
+    ("now", "stalled", "tick"),
+    [(10.0, None, Tick.RENEW), (101.0, None, Tick.OVERRUN), (10.0, "hung", Tick.STALLED)],
+)
+def test_heartbeat_tick(now, stalled, tick):
+    assert heartbeat_tick(now, 100.0, stalled) is tick
+
+
+class _ReleasingStore(_RecordingStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[tuple[str, bool]] = []
+        self.done = threading.Event()
+
+    def release(self, claim, error, *, refund=False) -> bool:
+        self.released.append((error, refund))
+        self.done.set()
+        return True
+
+
+def test_a_hung_model_call_gives_its_lease_back_with_the_attempt_spent():
+    """Issue 27, defect 2: the holder's heartbeat sees the stall and releases at once."""
+    store = _ReleasingStore()
+    stalled: list[str | None] = [None]
+    settings = Settings(progress_interval_seconds=0.0)
+    heartbeat = Heartbeat(
+        store,  # type: ignore[arg-type]
+        _claim(),
+        settings,
+        stalled=lambda: stalled[0],
+    )
+    with heartbeat:
+        assert store.beat.wait(10)
+        stalled[0] = "no progress for 301 s"
+        assert store.done.wait(10)
+        with pytest.raises(LeaseLostError, match="hung"):
+            heartbeat.progress(1, 10)
+    assert store.released == [("the job's model call hung: no progress for 301 s", False)]

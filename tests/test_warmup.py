@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inpaint import service
-from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
+from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError, TransientError
 
 
 def loader_failing(times: int, error: Exception):
@@ -56,3 +56,27 @@ def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state
 )
 def test_warmup_side(on_gpu, megapixels, side):
     assert service.warmup_side(on_gpu, megapixels) == side
+
+
+@pytest.mark.parametrize(
+    ("silent", "limit", "hung"), [(0.0, 300, False), (300, 300, False), (301, 300, True)]
+)
+def test_stall_reason(silent, limit, hung):
+    reason = service.stall_reason(silent, limit)
+    assert (reason is not None) is hung
+    if hung:
+        assert "INPAINT_GPU_STALL_SECONDS=300" in reason
+
+
+def test_a_hung_gpu_call_makes_health_503_and_refuses_jobs():
+    """Issue 27, defect 2: before, /health looked only at warm-up and device errors."""
+    hung: list[str | None] = [None]
+    warmup = service.Warmup(lambda: object(), stall=lambda: hung[0])
+    warmup.start()
+    assert warmup.require(10) is not None
+    assert warmup.health()[0] == 200
+    hung[0] = "the model call has made no progress for 301 s"
+    code, body = warmup.health()
+    assert code == 503 and body["model"] == "broken" and "no progress" in body["error"]
+    with pytest.raises(TransientError, match="GPU failed"):
+        warmup.require(10)
