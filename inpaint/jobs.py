@@ -157,18 +157,25 @@ class JobRunner:
         # 3. Claim the session; duplicates, busy sessions and spent retries stop here.
         claim = self._store.claim(request)
         if claim.outcome is not ClaimOutcome.ACQUIRED:
-            self._not_acquired(request, claim)
+            self.not_acquired(request, claim)
             return
         log.info("job claimed", extra={"attempt": claim.attempt})
-        timings = Timings()
         try:
-            self._process(claim, model, timings, ticket)
-        except LeaseLostError as exc:
+            self._process(claim, model, Timings(), ticket)
+        except Exception as exc:
+            self.stopped(claim, exc, self._phase)
+        finally:
+            self._store.end(claim)
+
+    def stopped(self, claim: Claim, exc: Exception, phase: Phase) -> None:
+        """8. How a claimed job that raised ends: returns when the delivery is acknowledged,
+        raises ``TransientError`` when it must be redelivered."""
+        if isinstance(exc, LeaseLostError):
             # 8a. Cancelled, re-queued, deleted or taken over: stop without writing; whoever
             # owns the session now (the app, or the instance holding the lease) decides.
             log.warning("job stopped: %s", exc)
             return
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             # 8b. The user's input is at fault: record it where the user sees it, acknowledge.
             # Logged with its errorCode only once recorded: the failed-jobs metric counts it.
             if self._store.fail(claim, exc.message, exc.code):
@@ -176,22 +183,29 @@ class JobRunner:
             else:
                 log.warning("job failed after its lease was lost: %s", exc.message)
             return
-        except Exception as exc:
-            # 8c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
-            # unless this was the last attempt the budget allows: then record the failure. A
-            # stop that is not the job's fault gives its attempt back.
-            spent = spends_attempt(self._phase, exc)
-            last = claim.attempt >= self._settings.max_attempts
-            if spent and last and self._give_up(claim, exc):
-                return
-            log.exception(
-                "job interrupted by a transient error; it will be retried",
-                extra={"phase": self._phase.value, "attemptSpent": spent},
-            )
-            self._release(claim, exc, refund=not spent)
-            raise TransientError(f"transient failure: {describe_error(exc)}") from exc
-        finally:
-            self._store.end(claim)
+        # 8c. Ours or the platform's: release the lease, answer 500 so it is redelivered,
+        # unless this was the last attempt the budget allows: then record the failure. A stop
+        # that is not the job's fault gives its attempt back.
+        spent = spends_attempt(phase, exc)
+        last = claim.attempt >= self._settings.max_attempts
+        if spent and last and self._give_up(claim, exc):
+            return
+        log.error(
+            "job interrupted by a transient error; it will be retried",
+            exc_info=exc,
+            extra={"phase": phase.value, "attemptSpent": spent},
+        )
+        self._release(claim, exc, refund=not spent)
+        raise TransientError(f"transient failure: {describe_error(exc)}") from exc
+
+    def record(self, claim: Claim, written: Outputs, fields: dict[str, Any]) -> None:
+        """7b. The status that points at the outputs; if the lease is gone by then, the
+        outputs are taken back and the job stops (``LeaseLostError``). Unknown whether a
+        complete that raised landed: the files stay; a redelivery finds the job completed
+        (they are its outputs) or runs it again and replaces them."""
+        if not self._store.complete(claim, output_paths(claim.session) | fields):
+            self._store.delete_outputs(claim.session, written)
+            raise LeaseLostError("the lease was lost before the job could be recorded")
 
     def _process(self, claim: Claim, model: Model, timings: Timings, ticket: Ticket) -> None:
         s = self._settings
@@ -234,12 +248,10 @@ class JobRunner:
             written = write_outputs(self._store, claim, result.edited_jpeg, result.preview_jpeg)
         prepared = result.prepared
         busy = timings.busy()
-        # Unknown whether a complete that raised landed: the files stay; a redelivery finds the
-        # job completed (they are its outputs) or runs it again and replaces them.
-        done = self._store.complete(
+        self.record(
             claim,
-            output_paths(claim.session)
-            | {
+            written,
+            {
                 "cost": round(busy * s.price_per_second, 6),
                 "busySeconds": round(busy, 3),
                 "timings": timings.stages | {"total": round(busy, 4)},
@@ -249,9 +261,6 @@ class JobRunner:
                 "region": list(prepared.region.box) if prepared.region else None,
             },
         )
-        if not done:
-            self._store.delete_outputs(claim.session, written)
-            raise LeaseLostError("the lease was lost before the job could be recorded")
         log.info(
             "job completed",
             extra={"timings": timings.stages, "busySeconds": round(busy, 3)},
@@ -280,7 +289,7 @@ class JobRunner:
             self._queue.release_gpu(ticket)
             self._phase = Phase.OUTPUTS
 
-    def _not_acquired(self, request: JobRequest, claim: Claim) -> None:
+    def not_acquired(self, request: JobRequest, claim: Claim) -> None:
         """Acknowledges what no retry can change; keeps a possibly only live copy alive.
 
         A message for a session without a document is acknowledged with nothing written: the

@@ -5,8 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis profiles. "ci" (the default): a bounded, derandomized exploration, so a run is
+# reproducible and fits the suite's time; no example database (a clean clone has none anyway).
+# "long": many more examples, randomized, with the database (shrunk failures replay first):
+# `pytest tests/sim --hypothesis-profile=long`. docs/reliability.md reports both.
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("ci")
 
 
 def pytest_configure(config: pytest.Config) -> None:
