@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 from hypothesis import settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
-from tests.sim.world import World
+from tests.sim.world import Config, World
 
-USERS = st.sampled_from(["u1", "u2", "u3", "u4"])
+USERS = st.sampled_from(["u1", "u2", "u3", "u4", "u5", "u6"])
 PICK = st.integers(min_value=0, max_value=1000)
 
 
 class ServiceMachine(RuleBasedStateMachine):
     """One run: a world, the actions Hypothesis picks, the invariants after each."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.world = World()
+    world: World
+
+    @initialize(instances=st.sampled_from([1, 2]), concurrency=st.sampled_from([2, 4]))
+    def start(self, instances: int, concurrency: int) -> None:
+        self.world = World(Config(instances=instances, concurrency=concurrency))
 
     @rule(user=USERS)
     def create(self, user: str) -> None:
@@ -44,6 +52,14 @@ class ServiceMachine(RuleBasedStateMachine):
     @rule(pick=PICK)
     def delete(self, pick: int) -> None:
         self.world.delete(pick)
+
+    @rule(pick=PICK)
+    def reedit(self, pick: int) -> None:
+        self.world.reedit(pick)
+
+    @rule(user=USERS, jobs=st.integers(min_value=2, max_value=8))
+    def eager(self, user: str, jobs: int) -> None:
+        self.world.eager(user, jobs)
 
     @rule(pick=PICK)
     def republish(self, pick: int) -> None:

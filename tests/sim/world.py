@@ -202,8 +202,8 @@ class Instance:
 
     def _idle_check(self) -> Generator[Any, Any, None]:
         yield self.world.env.timeout(0.001)
-        if self.dead or self.hung:
-            return
+        if self.dead or self.hung or self.shutdown:
+            return  # on SIGTERM no job starts on the GPU: the waiting ones are redelivered
         waiting = self.queue.next_up()
         if waiting is not None and not any(t.running for t in self.queue.tickets):
             self.world.oracle.idle.append((self.name, self.world.env.now))
@@ -331,7 +331,8 @@ class Instance:
                 self.runner.stopped(claim, exc, job.phase)
             except TransientError:
                 doc = world.docs.peek(claim.session.document_path) or {}
-                if doc.get("leaseOwner") == claim.owner:
+                expires = doc.get("leaseExpiresAt")
+                if doc.get("leaseOwner") == claim.owner and expires and expires > world.now_dt():
                     # The release could not be written (Firestore unreachable): the lease runs
                     # out and the takeover cannot tell this stop from a crash, so it counts.
                     oracle.charged[job.request] = oracle.charged.get(job.request, 0) + 1
@@ -605,6 +606,24 @@ class World:
             self.oracle.deleted.add(session)
             self.oracle.requests[self.oracle.current[session]].ended_by_app = True
 
+    def reedit(self, pick: int) -> None:
+        """The user edits again: cancels the running job if there is one, then re-queues."""
+        self.cancel(pick)
+        self.requeue(pick)
+
+    def eager(self, user: str, jobs: int) -> None:
+        """An active user: a new session as soon as the last one ended (and the rules allow)."""
+
+        def run() -> Generator[Any, Any, None]:
+            for _ in range(jobs):
+                while not self.may_queue(user):
+                    yield self.env.timeout(1.0)
+                session = self.create(user)
+                while session and self.status(user, session) in ("queued", "processing"):
+                    yield self.env.timeout(1.0)
+
+        self.env.process(run())
+
     def republish(self, pick: int) -> None:
         """The publisher's own retry: the same data under a new message ID."""
         found = self._session(pick)
@@ -751,6 +770,6 @@ class World:
             left = self.blobs.listing(f"users/{request.user}/sessions/{session}/")
             if left:
                 oracle.violations.append(f"deleted session {session} has files: {sorted(left)}")
-        for job, waited, hang_seen in oracle.waits:
-            if waited > self.cfg.ack_deadline and not hang_seen:
+        for job, waited, _hang_seen in oracle.waits:
+            if waited > self.cfg.ack_deadline:
                 oracle.violations.append(f"{job} waited {waited:.0f} s for the GPU")
