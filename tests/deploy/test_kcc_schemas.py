@@ -113,9 +113,10 @@ def test_the_alerts_the_runbook_explains():
         if any("conditionMatchedLog" in c for c in policy["spec"]["conditions"]):
             # Log-match alerts need a notification rate limit.
             assert policy["spec"]["alertStrategy"]["notificationRateLimit"]["period"]
-    (metric,) = [d for d in docs if d["kind"] == "LoggingLogMetric"]
+    metrics = {d["metadata"]["name"] for d in docs if d["kind"] == "LoggingLogMetric"}
+    assert metrics == {"inpaint-failed-jobs", "inpaint-ignored-deliveries"}
     failed = policies["inpaint-failed-jobs"]["spec"]["conditions"][0]["conditionThreshold"]
-    assert f"logging.googleapis.com/user/{metric['metadata']['name']}" in failed["filter"]
+    assert "logging.googleapis.com/user/inpaint-failed-jobs" in failed["filter"]
     # The dead-letter alert watches the subscription eventarc.yaml keeps on the topic.
     eventarc = _documents(ROOT / "eventarc.yaml")
     subs = {d["spec"].get("resourceID") for d in eventarc if d["kind"] == "PubSubSubscription"}

@@ -25,9 +25,11 @@ def test_recorded_failures_carry_severity_and_error_code(shared_server, sessions
     bad_photo = sessions.create(photo=b"not an image")
     assert shared_server.post(*eventlib.pubsub_binary(*bad_photo)).status_code == 200
     assert sessions.doc(*bad_photo)["errorCode"] == "invalid_image"
-    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)  # an event older than 24 h: expired
-    expired = sessions.create()
-    event = eventlib.pubsub_binary(*expired, time=old.isoformat().replace("+00:00", "Z"))
+    # A request whose job died two days ago (its lease long expired), its event back only now.
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    dead = {"leaseOwner": "gone:lease", "leaseExpiresAt": old, "attempts": 1}
+    expired = sessions.create(doc={"processingStatus": "processing", "eventId": "old"} | dead)
+    event = eventlib.pubsub_binary(*expired, "old", time=old.isoformat().replace("+00:00", "Z"))
     assert shared_server.post(*event).status_code == 200
     assert sessions.doc(*expired)["errorCode"] == "expired"
     for (_, session), code in ((bad_photo, "invalid_image"), (expired, "expired")):
@@ -37,6 +39,19 @@ def test_recorded_failures_carry_severity_and_error_code(shared_server, sessions
             if r.get("severity") in SEVERE and r.get("errorCode") == code
         ]
         assert len(counted) == 1, _records(shared_server, session)
+
+
+def test_a_delivery_without_a_session_logs_its_reason_for_the_metric(shared_server, sessions):
+    user, session = sessions.create(create_doc=False)
+    assert shared_server.post(*eventlib.pubsub_binary(user, session)).status_code == 200
+    (ignored,) = [r for r in _records(shared_server, session) if r.get("ignoredReason")]
+    assert ignored["ignoredReason"] == "session_missing" and "errorCode" not in ignored
+    metric = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "monitoring.yaml").read_text())
+        if d and d["metadata"]["name"] == "inpaint-ignored-deliveries"
+    )
+    assert "jsonPayload.ignoredReason:*" in metric["spec"]["filter"]
 
 
 def test_a_completed_job_logs_its_busy_seconds(shared_server, sessions):
