@@ -1,0 +1,216 @@
+"""Hostile uploads built by code (no binaries in git), and a benchmark of their decode cost.
+
+Each builder makes one of the files found by the fuzz campaign of issue 30 (or a named variant
+of it) at any size, so the tests use small ones and the benchmark the full-size worst cases.
+
+``python -m benchmarks.hostile_inputs`` decodes each worst case through the production path
+(``inpaint.decoding.decode_inputs``: structure checks, then the sandboxed decode worker) and
+prints the outcome, the wall time and the peak memory of the process that decoded it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import struct
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+# --------------------------------------------------------------------------------------------
+# builders
+# --------------------------------------------------------------------------------------------
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk with its CRC."""
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def photo_array(size: tuple[int, int], seed: int = 7) -> Image.Image:
+    """A smooth, photo-like RGB picture (gradients plus mild noise): compresses like a photo."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([x / max(w, 1) * 255, y / max(h, 1) * 255, (x + y) / max(w + h, 1) * 255], -1)
+    noisy = base + rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def tiff_many_strips(strips: int, side: int = 16) -> bytes:
+    """An uncompressed 8-bit grey TIFF of side x side whose pixels are split in ``strips``
+    one-byte strips (the issue's 3.8 MB file had about 475,000)."""
+    entries = []
+    header_size = 8
+    ifd_count = 9
+    ifd_size = 2 + ifd_count * 12 + 4
+    offsets_at = header_size + ifd_size
+    counts_at = offsets_at + 4 * strips
+    pixels_at = counts_at + 4 * strips
+    rows_per_strip = 1
+
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
+        return struct.pack("<HHII", tag, kind, count, value)
+
+    entries = [
+        entry(256, 4, 1, side),  # width
+        entry(257, 4, 1, side),  # height
+        entry(258, 3, 1, 8),  # bits per sample
+        entry(259, 3, 1, 1),  # no compression
+        entry(262, 3, 1, 1),  # black is zero
+        entry(273, 4, strips, offsets_at),  # strip offsets
+        entry(277, 3, 1, 1),  # samples per pixel
+        entry(278, 4, 1, rows_per_strip),
+        entry(279, 4, strips, counts_at),  # strip byte counts
+    ]
+    ifd = struct.pack("<H", ifd_count) + b"".join(entries) + struct.pack("<I", 0)
+    offsets = struct.pack(f"<{strips}I", *[pixels_at + (i % (side * side)) for i in range(strips)])
+    counts = struct.pack(f"<{strips}I", *([1] * strips))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + offsets + counts + bytes(side * side)
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment of a JPEG, a scan's entropy data included in it."""
+    out = []
+    pos = 2
+    while pos < len(data):
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            out.append((marker, pos, pos + 2))
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        end = pos + 2 + length
+        if marker == 0xDA:
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+        out.append((marker, pos, end))
+        pos = end
+    return out
+
+
+def jpeg_repeated_scan(side: int, repeats: int) -> bytes:
+    """A progressive side x side JPEG whose smallest scan is repeated ``repeats`` more times
+    (the issue's file: 7000 x 7000, 474 KB, 3,000 repeats, 15.6 s in Pillow)."""
+    data = encode(Image.new("RGB", (side, side), (120, 130, 140)), "JPEG", progressive=True)
+    segments = jpeg_segments(data)
+    scans = [(s, e) for m, s, e in segments if m == 0xDA]
+    start, end = min(scans, key=lambda se: se[1] - se[0])
+    eoi = segments[-1][1]
+    return data[:eoi] + data[start:end] * repeats + data[eoi:]
+
+
+def jpeg_app0_flood(total_bytes: int) -> bytes:
+    """A small valid JPEG preceded by empty APP0 markers up to ``total_bytes``."""
+    small = encode(photo_array((64, 64)), "JPEG")
+    count = max(0, (total_bytes - len(small)) // 4)
+    return small[:2] + b"\xff\xe0\x00\x02" * count + small[2:]
+
+
+def png_private_flood(total_bytes: int) -> bytes:
+    """A small valid PNG with empty private ancillary chunks up to ``total_bytes``."""
+    small = encode(photo_array((64, 64)))
+    one = png_chunk(b"prVt", b"")
+    count = max(0, (total_bytes - len(small)) // len(one))
+    return small[:33] + one * count + small[33:]
+
+
+def png_palette_trns_overflow(entries: int = 300) -> bytes:
+    """A palette PNG whose tRNS has more entries than its 256-colour palette."""
+    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 3, 0, 0, 0)
+    palette = bytes(range(256)) * 3
+    raw = b"".join(b"\x00" + bytes(range(32)) for _ in range(32))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"PLTE", palette)
+        + png_chunk(b"tRNS", b"\x80" * entries)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def jpeg_cut_with_eoi(side: int = 256, keep: float = 0.5) -> bytes:
+    """A baseline JPEG cut mid-scan, then given an EOI marker (Pillow shows grey rows)."""
+    data = encode(photo_array((side, side)), "JPEG", quality=90)
+    cut = data[: int(len(data) * keep)]
+    while cut.endswith(b"\xff"):
+        cut = cut[:-1]
+    return cut + b"\xff\xd9"
+
+
+def jpeg_header_lies(claimed: int = 4000, side: int = 16) -> bytes:
+    """A side x side JPEG whose frame header claims claimed x claimed (633 bytes at 16)."""
+    data = bytearray(encode(photo_array((side, side)), "JPEG"))
+    for marker, start, _ in jpeg_segments(bytes(data)):
+        if marker == 0xC0:
+            data[start + 5 : start + 9] = struct.pack(">HH", claimed, claimed)
+    return bytes(data)
+
+
+def jpeg_large(side: int, progressive: bool = False) -> bytes:
+    """A legitimate photo-like JPEG (the benchmark's reference for honest cost)."""
+    return encode(photo_array((side, side)), "JPEG", quality=92, progressive=progressive)
+
+
+# --------------------------------------------------------------------------------------------
+# benchmark
+# --------------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def worst_cases(scale: float) -> dict[str, Callable[[], bytes]]:
+    """The issue's worst files at ``scale`` of their size (1.0: the 40 MiB limit)."""
+    full = int(40 * MIB * scale)
+    return {
+        "tiff 9.5 MB of 1-byte strips": lambda: tiff_many_strips(int(1_187_000 * scale)),
+        "jpeg progressive 7000^2, scan x3000": lambda: jpeg_repeated_scan(
+            max(64, int(7000 * min(scale * 4, 1))), 3000
+        ),
+        "jpeg 40 MiB of empty APP0": lambda: jpeg_app0_flood(full),
+        "png 40 MiB of private chunks": lambda: png_private_flood(full),
+        "jpeg header 4000^2 in 633 bytes": jpeg_header_lies,
+        "jpeg cut mid-scan + EOI (2000^2)": lambda: jpeg_cut_with_eoi(2000),
+        "png palette, 300 tRNS entries": png_palette_trns_overflow,
+        "honest jpeg 7000^2 (49 MP)": lambda: jpeg_large(7000),
+        "honest progressive jpeg 7000^2": lambda: jpeg_large(7000, progressive=True),
+    }
+
+
+def main() -> None:
+    from inpaint import decoding
+    from inpaint.errors import PermanentError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
+    args = parser.parse_args()
+    limits = decoding.ImageLimits(max_bytes=40 * MIB, max_pixels=50_000_000)
+    print(f"{'case':40} {'bytes':>10} {'outcome':10} {'wall s':>7} {'worker MiB':>10}  message")
+    for name, build in worst_cases(args.scale).items():
+        data = build()
+        start = time.perf_counter()
+        try:
+            image = decoding.decode_photo(data, limits)
+            outcome, message = "accepted", f"{image.size[0]}x{image.size[1]}"
+        except PermanentError as e:
+            outcome, message = "refused", e.message
+        wall = time.perf_counter() - start
+        peak = decoding.last_worker_peak_bytes() / MIB
+        print(f"{name:40} {len(data):>10} {outcome:10} {wall:7.2f} {peak:10.0f}  {message[:90]}")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"benchmark process peak RSS: {own:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
