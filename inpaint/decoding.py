@@ -29,6 +29,7 @@ from PIL import (
     WebPImagePlugin,  # noqa: F401
 )
 
+from inpaint import sandbox
 from inpaint.errors import InvalidImageError, MaskMismatchError, PermanentError
 from inpaint.upload_checks import ALLOWED_FORMATS, check_structure, sniff_format, verify_jpeg_data
 
@@ -37,6 +38,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Whether ``decode_photo`` / ``read_mask`` decode in a limited child process
+#: (``inpaint.sandbox``): the last line of defence against a file that the structure checks do
+#: not understand. Off only for tests that patch this module's internals (a child, forked from
+#: a server that imported this module afresh, does not see their patches).
+ISOLATED = True
+#: What crosses the process boundary besides the pixel bytes: mode, size and ``info``.
+ImageMeta = tuple[str, tuple[int, int], dict]
 #: Smallest accepted side (photo and mask). Below this there is nothing to inpaint sensibly, and
 #: the working size could not keep both sides at a multiple of 16.
 MIN_SIDE = 16
@@ -111,7 +119,43 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
       keep the photo's colour space (e.g. Display P3) but carry no EXIF (no GPS, no stale
       orientation tag).
     """
-    return _guarded("photo", _photo_pixels, data, limits)
+    if not ISOLATED:
+        return _guarded("photo", _photo_pixels, data, limits)
+    _check_type(data, "photo")
+    meta, payload = sandbox.run(_photo_payload, bytes(data), limits, what="photo")
+    return _from_payload(meta, payload)
+
+
+def _photo_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
+    """In the decoding child: the photo as (mode, size, info) and its pixel bytes."""
+    return _to_payload(_guarded("photo", _photo_pixels, data, limits))
+
+
+def _mask_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
+    """In the decoding child: the mask's grey channel as (mode, size, info) and its bytes."""
+    return _to_payload(_guarded("mask", _mask_pixels, data, limits))
+
+
+def _mask_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``read_mask`` without its guard."""
+    return _mask_gray(_open(data, limits, "mask"))
+
+
+def _to_payload(im: Image.Image) -> tuple[ImageMeta, bytes]:
+    return (im.mode, im.size, dict(im.info)), im.tobytes()
+
+
+def _from_payload(meta: ImageMeta, payload: bytes) -> Image.Image:
+    mode, size, info = meta
+    im = Image.frombytes(mode, size, payload)
+    im.info = info
+    return im
+
+
+def _check_type(data: object, what: str) -> None:
+    """Data that is not bytes at all is a caller's bug, not the user's error."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
 
 
 def _photo_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -137,8 +181,7 @@ def _guarded(
     turns its own, under its memory limit, into a permanent error). ``TypeError`` for data that
     is not bytes at all is a caller's bug and is raised before this guard.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
+    _check_type(data, what)
     try:
         return work(data, limits)
     except (PermanentError, MemoryError):
@@ -175,7 +218,11 @@ def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Imag
 def read_mask(data: bytes, limits: ImageLimits) -> Image.Image:
     """The first half of ``decode_mask``: decoded, oriented, its mask channel as ``L`` (not yet
     binarised), at its own size. Needs nothing of the photo, so it can run beside its decoding."""
-    return _guarded("mask", lambda d, lim: _mask_gray(_open(d, lim, "mask")), data, limits)
+    if not ISOLATED:
+        return _guarded("mask", _mask_pixels, data, limits)
+    _check_type(data, "mask")
+    meta, payload = sandbox.run(_mask_payload, bytes(data), limits, what="mask")
+    return _from_payload(meta, payload)
 
 
 def fit_mask(gray: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -96,6 +96,7 @@ def test_an_unexpected_library_exception_becomes_a_permanent_error(
     def broken(*_: object, **__: object) -> None:
         raise TypeError("ICC tag of the wrong type")
 
+    monkeypatch.setattr(decoding, "ISOLATED", False)  # the patch is this process's
     monkeypatch.setattr(decoding, "_to_rgb", broken)
     data = hostile.encode(hostile.photo_array((32, 32)))
     message = refused(data, "image data is corrupt (TypeError)")

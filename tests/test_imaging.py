@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageDraw
 
-from inpaint import imaging
+from inpaint import decoding, imaging
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, MaskMismatchError
 from inpaint.imaging import ImageLimits, Prepared, Region
@@ -364,6 +364,7 @@ def test_mask_errors_name_the_mask(case: str) -> None:
 
 def test_pixel_limit_does_not_depend_on_pils_global(monkeypatch: pytest.MonkeyPatch) -> None:
     """With PIL's own bomb check disabled, the header check still rejects before decoding."""
+    monkeypatch.setattr(decoding, "ISOLATED", False)  # the patch below is this process's
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(InvalidImageError, match=r"100000x100000 = 10000 MP"):
         imaging.decode_photo(png_header(100_000, 100_000), LIMITS)
