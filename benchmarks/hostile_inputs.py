@@ -5,7 +5,8 @@ of it) at any size, so the tests use small ones and the benchmark the full-size 
 
 ``python -m benchmarks.hostile_inputs`` decodes each worst case through the production path
 (``inpaint.decoding.decode_inputs``: structure checks, then the sandboxed decode worker) and
-prints the outcome, the wall time and the peak memory of the process that decoded it.
+prints the outcome, the wall time and the peak resident memory of the child that decoded it
+(its ``ru_maxrss``: pages shared with the fork server included).
 """
 
 from __future__ import annotations
@@ -38,14 +39,19 @@ def encode(im: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     return buf.getvalue()
 
 
-def photo_array(size: tuple[int, int], seed: int = 7) -> Image.Image:
+def photo_array(size: tuple[int, int], seed: int = 7, noise_level: int = 12) -> Image.Image:
     """A smooth, photo-like RGB picture (gradients plus mild noise): compresses like a photo."""
     w, h = size
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([x / max(w, 1) * 255, y / max(h, 1) * 255, (x + y) / max(w + h, 1) * 255], -1)
-    noisy = base + rng.normal(0, 6, base.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    x = (np.arange(w, dtype=np.uint32) * 255 // max(w - 1, 1)).astype(np.uint8)
+    y = (np.arange(h, dtype=np.uint32) * 255 // max(h - 1, 1)).astype(np.uint8)
+    out = np.empty((h, w, 3), np.uint8)
+    out[..., 0] = x[None, :]
+    out[..., 1] = y[:, None]
+    out[..., 2] = (x[None, :] // 2 + y[:, None] // 2).astype(np.uint8)
+    noise = rng.integers(0, max(noise_level, 1), (h, w), dtype=np.uint8)
+    np.add(out, noise[..., None], out=out, casting="unsafe")
+    return Image.fromarray(out, "RGB")
 
 
 def tiff_many_strips(strips: int, side: int = 16) -> bytes:
@@ -158,6 +164,29 @@ def jpeg_header_lies(claimed: int = 4000, side: int = 16) -> bytes:
     return bytes(data)
 
 
+def jpeg_most_scans(side: int, budget: int) -> bytes:
+    """The worst progressive JPEG the structure checks allow: ``MAX_JPEG_SCANS`` scans, the
+    largest scan that fits repeated, within ``budget`` bytes."""
+    from inpaint.upload_checks import MAX_JPEG_SCANS
+
+    data = jpeg_large(side, progressive=True)
+    segments = jpeg_segments(data)
+    scans = [(s, e) for m, s, e in segments if m == 0xDA]
+    room = MAX_JPEG_SCANS - len(scans)
+    fitting = [se for se in scans if len(data) + (se[1] - se[0]) * room <= budget]
+    start, end = max(fitting or scans[:1], key=lambda se: se[1] - se[0])
+    eoi = segments[-1][1]
+    return data[:eoi] + data[start:end] * room + data[eoi:]
+
+
+def png_rgba_large(side: int) -> bytes:
+    """A legitimate RGBA PNG (the largest honest decode: 4 bytes a pixel), noise-free so that a
+    7000 x 7000 one stays under the 40 MiB limit."""
+    im = photo_array((side, side), noise_level=1)
+    im.putalpha(Image.linear_gradient("L").resize((side, side)))
+    return encode(im, compress_level=6)
+
+
 def jpeg_large(side: int, progressive: bool = False) -> bytes:
     """A legitimate photo-like JPEG (the benchmark's reference for honest cost)."""
     return encode(photo_array((side, side)), "JPEG", quality=92, progressive=progressive)
@@ -185,11 +214,13 @@ def worst_cases(scale: float) -> dict[str, Callable[[], bytes]]:
         "png palette, 300 tRNS entries": png_palette_trns_overflow,
         "honest jpeg 7000^2 (49 MP)": lambda: jpeg_large(7000),
         "honest progressive jpeg 7000^2": lambda: jpeg_large(7000, progressive=True),
+        "progressive 7000^2, 64 scans, <=40 MiB": lambda: jpeg_most_scans(7000, full),
+        "honest rgba png 7000^2": lambda: png_rgba_large(7000),
     }
 
 
 def main() -> None:
-    from inpaint import decoding
+    from inpaint import decoding, sandbox
     from inpaint.errors import PermanentError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,7 +237,7 @@ def main() -> None:
         except PermanentError as e:
             outcome, message = "refused", e.message
         wall = time.perf_counter() - start
-        peak = decoding.last_worker_peak_bytes() / MIB
+        peak = sandbox.last_peak_bytes() / MIB
         print(f"{name:40} {len(data):>10} {outcome:10} {wall:7.2f} {peak:10.0f}  {message[:90]}")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"benchmark process peak RSS: {own:.0f} MiB")
