@@ -219,13 +219,44 @@ def worst_cases(scale: float) -> dict[str, Callable[[], bytes]]:
     }
 
 
+def sandbox_overhead(repeats: int = 5) -> None:
+    """Median wall time of ``decode_inputs`` (a 12 MP JPEG photo and its PNG mask) in this
+    process and through the sandbox: the per-job cost of the last line of defence."""
+    import statistics
+
+    from inpaint import decoding
+
+    limits = decoding.ImageLimits(max_bytes=40 * MIB, max_pixels=50_000_000)
+    photo = jpeg_large(3464)  # 12 MP, a phone photo
+    mask_im = Image.new("L", (3464, 3464), 0)
+    mask_im.paste(255, (1000, 1000, 2000, 2400))
+    mask = encode(mask_im)
+    decoding.decode_inputs(photo, mask, limits)  # starts the fork server
+    for isolated in (False, True):
+        decoding.ISOLATED = isolated
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decoding.decode_inputs(photo, mask, limits)
+            times.append(time.perf_counter() - start)
+        where = "sandboxed" if isolated else "in process"
+        print(
+            f"decode_inputs 12 MP JPEG + PNG mask, {where}: median {statistics.median(times):.3f} s"
+        )
+    decoding.ISOLATED = True
+
+
 def main() -> None:
     from inpaint import decoding, sandbox
     from inpaint.errors import PermanentError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
+    parser.add_argument("--overhead", action="store_true", help="only the sandbox's per-job cost")
     args = parser.parse_args()
+    if args.overhead:
+        sandbox_overhead()
+        return
     limits = decoding.ImageLimits(max_bytes=40 * MIB, max_pixels=50_000_000)
     print(f"{'case':40} {'bytes':>10} {'outcome':10} {'wall s':>7} {'worker MiB':>10}  message")
     for name, build in worst_cases(args.scale).items():

@@ -314,3 +314,18 @@ STRUCTURE_CASES = {
 def test_structure_rules_give_specific_messages(case: str) -> None:
     make, fragment = STRUCTURE_CASES[case]
     refused(make(), fragment)
+
+
+def test_bytes_after_the_first_eoi_are_not_decoded() -> None:
+    """Phones append a second picture (MPO) or a trailer after the first EOI: still accepted."""
+    first = hostile.encode(hostile.photo_array((48, 32)), "JPEG")
+    second = hostile.encode(hostile.photo_array((480, 320)), "JPEG")
+    for data in (first + second, first + b"\x00" * 100):
+        assert decoding.decode_photo(data, LIMITS).size == (48, 32)
+
+
+def test_multi_picture_jpeg_decodes_its_first_picture() -> None:
+    frames = [hostile.photo_array((48, 32), seed) for seed in (1, 2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
+    assert decoding.decode_photo(buf.getvalue(), LIMITS).size == (48, 32)
