@@ -209,7 +209,7 @@ def worst_cases(scale: float) -> dict[str, Callable[[], bytes]]:
         ),
         "jpeg 40 MiB of empty APP0": lambda: jpeg_app0_flood(full),
         "png 40 MiB of private chunks": lambda: png_private_flood(full),
-        "jpeg header 4000^2 in 633 bytes": jpeg_header_lies,
+        "jpeg 16x16, header says 4000^2": jpeg_header_lies,
         "jpeg cut mid-scan + EOI (2000^2)": lambda: jpeg_cut_with_eoi(2000),
         "png palette, 300 tRNS entries": png_palette_trns_overflow,
         "honest jpeg 7000^2 (49 MP)": lambda: jpeg_large(7000),
