@@ -3,8 +3,11 @@
 
 Every way the bytes can be unusable becomes an :class:`~inpaint.errors.InvalidImageError` (or a
 :class:`~inpaint.errors.MaskMismatchError`) whose message names the input and the problem,
-because that message is shown to the user as is. Limits are checked from the header, before
-decoding. Pure PIL + numpy.
+because that message is shown to the user as is. Only JPEG, PNG and WebP are decoded, after
+their structure is checked (``inpaint.upload_checks``) and their limits read from the header;
+the decoding itself runs in a child process with CPU and memory limits (``inpaint.sandbox``),
+so no file can cost more than one bounded decode, and no library exception escapes as anything
+but a permanent error. PIL + numpy (+ simplejpeg for the JPEG integrity check).
 """
 
 from __future__ import annotations
@@ -247,9 +250,10 @@ def fit_mask(gray: Image.Image, size: tuple[int, int]) -> Image.Image:
 def decode_inputs(
     photo: bytes, mask: bytes, limits: ImageLimits
 ) -> tuple[Image.Image, Image.Image]:
-    """``decode_photo`` and ``decode_mask`` with the two decodings side by side (PIL's decoders
-    release the GIL, so on two cores this takes about the time of the longer one). Errors are
-    the same and come in the same order: the photo's first, then the mask's."""
+    """``decode_photo`` and ``decode_mask`` with the two decodings side by side (each in its own
+    child process, or with PIL's decoders releasing the GIL in process), so on two cores this
+    takes about the time of the longer one. Errors are the same and come in the same order: the
+    photo's first, then the mask's."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-mask") as pool:
         gray = pool.submit(read_mask, mask, limits)
         original = decode_photo(photo, limits)
