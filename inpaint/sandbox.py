@@ -6,7 +6,8 @@ Each call runs ``work(data, *args)`` in its own child forked from a ``forkserver
 server is started by fork+exec (the serving process, which may hold a CUDA context, never
 forks a copy of itself) and has imported the decoders once, so a child starts in a few
 milliseconds. The child sets ``RLIMIT_CPU`` (the kernel kills it with SIGXCPU past the limit),
-``RLIMIT_AS`` (allocations past the limit fail with ``MemoryError``) and no core files, and the
+``RLIMIT_AS`` (allocations past the limit fail with ``MemoryError``; counted from the address
+space it starts with) and no core files, and the
 parent also kills it past a wall-clock limit. A child per call, not a shared pool: a file that
 kills its decoder fails only its own job. At most ``MAX_CONCURRENT`` children run at once, so
 the admitted jobs' decodes together stay within ``MAX_CONCURRENT * MEMORY_BYTES``.
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 #: CPU seconds one decode may use. The worst honest file measured (a 49 MP progressive JPEG)
 #: needs about a fifth of this on the 2-core development machine (docs/reliability.md).
 CPU_SECONDS = 10
-#: Address space of one decoding child (Python, numpy and Pillow take about 0.2 GB of it). A
-#: 50 MP RGBA PNG, the largest honest decode, peaks at about 0.9 GB.
+#: Address space one decoding child may map beyond what it inherits from the fork server. A
+#: 49 MP RGBA PNG, the largest honest decode, peaks at 0.83 GB resident.
 MEMORY_BYTES = 2 * 1024**3
 #: Wall-clock seconds before the parent kills a child (CPU time is what the file controls;
 #: this only bounds a child starved by a busy machine or blocked).
@@ -173,6 +174,16 @@ def _result(
     )
 
 
+def _address_space() -> int:
+    """This process's mapped address space now (what it inherited from the fork server).
+
+    The limit is set on top of it: the server's mappings (libraries, and per-thread buffers
+    that numerical libraries reserve by core count) grow with the machine, not with the file.
+    """
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
 def _child(
     reader: multiprocessing.connection.Connection,
     sender: multiprocessing.connection.Connection,
@@ -183,7 +194,8 @@ def _child(
     """In the child: limits first, then the work; the outcome goes back, then the payload."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    allowed = _address_space() + limits.memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (allowed, allowed))
     payload = b""
     try:
         meta, payload = work(reader.recv_bytes(), *args)
