@@ -179,6 +179,32 @@ def jpeg_most_scans(side: int, budget: int) -> bytes:
     return data[:eoi] + data[start:end] * room + data[eoi:]
 
 
+def png_most_chunks(side: int) -> bytes:
+    """The worst PNG the structure checks allow: a side x side RGBA picture whose data is split
+    in ``MAX_PNG_IDAT_CHUNKS`` IDAT chunks, behind ``MAX_PNG_ANCILLARY_CHUNKS`` text chunks that
+    fill ``MAX_PNG_ANCILLARY_BYTES``."""
+    from inpaint.upload_checks import (
+        MAX_PNG_ANCILLARY_BYTES,
+        MAX_PNG_ANCILLARY_CHUNKS,
+        MAX_PNG_IDAT_CHUNKS,
+    )
+
+    data = png_rgba_large(side)
+    idat_start = data.index(b"IDAT") - 4
+    iend = data.rindex(b"IEND") - 4
+    stream = b""
+    pos = idat_start
+    while pos < iend:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        stream += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    step = max(1, -(-len(stream) // MAX_PNG_IDAT_CHUNKS))
+    idats = b"".join(png_chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step))
+    text_size = MAX_PNG_ANCILLARY_BYTES // MAX_PNG_ANCILLARY_CHUNKS - 12
+    text = png_chunk(b"tEXt", b"k\x00" + b"t" * (text_size - 2)) * MAX_PNG_ANCILLARY_CHUNKS
+    return data[:33] + text + idats + data[iend:]
+
+
 def png_rgba_large(side: int) -> bytes:
     """A legitimate RGBA PNG (the largest honest decode: 4 bytes a pixel), noise-free so that a
     7000 x 7000 one stays under the 40 MiB limit."""
@@ -216,6 +242,7 @@ def worst_cases(scale: float) -> dict[str, Callable[[], bytes]]:
         "honest progressive jpeg 7000^2": lambda: jpeg_large(7000, progressive=True),
         "progressive 7000^2, 64 scans, <=40 MiB": lambda: jpeg_most_scans(7000, full),
         "honest rgba png 7000^2": lambda: png_rgba_large(7000),
+        "rgba png 7000^2, most chunks allowed": lambda: png_most_chunks(7000),
     }
 
 
@@ -253,6 +280,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
     parser.add_argument("--overhead", action="store_true", help="only the sandbox's per-job cost")
+    parser.add_argument("--only", help="run the cases whose name contains this")
     args = parser.parse_args()
     if args.overhead:
         sandbox_overhead()
@@ -260,6 +288,8 @@ def main() -> None:
     limits = decoding.ImageLimits(max_bytes=40 * MIB, max_pixels=50_000_000)
     print(f"{'case':40} {'bytes':>10} {'outcome':10} {'wall s':>7} {'worker MiB':>10}  message")
     for name, build in worst_cases(args.scale).items():
+        if args.only and args.only not in name:
+            continue
         data = build()
         start = time.perf_counter()
         try:
