@@ -12,15 +12,12 @@ graceful exit: see ``service.stop_on_sigterm``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
 
 import flask
 import functions_framework
-from cloudevents.exceptions import GenericException, InvalidRequiredFields, MissingRequiredFields
-from cloudevents.http import from_http
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -29,6 +26,7 @@ from werkzeug.exceptions import (
 )
 
 from inpaint import service
+from inpaint.bodies import acknowledge_unparseable_body
 from inpaint.config import get_settings
 from inpaint.probes import probe_response
 from inpaint.serving import EVENT_TARGET
@@ -44,7 +42,7 @@ def create_app() -> flask.Flask:
         app.add_url_rule(path, name, lambda: probe_response(flask.request), methods=["GET"])
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
     app.before_request(_refuse_long_streamed_body)
-    app.before_request(_acknowledge_unparseable_body)
+    app.before_request(acknowledge_unparseable_body)  # after the body limit
     for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
         app.register_error_handler(error, _acknowledge_bad_event)
     if threading.current_thread() is threading.main_thread():
@@ -68,39 +66,6 @@ def _refuse_long_streamed_body() -> None:
     request.max_content_length = limit + 1
     if len(request.get_data()) > limit:
         raise RequestEntityTooLarge()
-
-
-def _acknowledge_unparseable_body() -> tuple[str, int] | None:
-    """Acknowledges a body that the framework's own parsing would fail on with a 500.
-
-    functions-framework parses the CloudEvent (``cloudevents.http.from_http``) outside the
-    function and catches only missing or invalid required fields; data that is not valid JSON
-    for its content type (``DataUnmarshallerError``), JSON nested deeper than the recursion
-    limit (``RecursionError``) or bytes that are not UTF-8 escape it and are answered 500, so
-    Pub/Sub would redeliver them for a day. The body is parsed here the same way first (it is at
-    most ``INPAINT_MAX_EVENT_BYTES``): a body that is not a CloudEvent goes on to the framework's
-    background-event conversion, which reads it as JSON, so that must parse too.
-    """
-    request = flask.request
-    if request.method != "POST":
-        return None
-    body = request.get_data()
-    try:
-        from_http(request.headers, body)
-        return None
-    except (MissingRequiredFields, InvalidRequiredFields):
-        try:
-            json.loads(body)
-            return None
-        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-            reason = type(e).__name__
-    except (GenericException, ValueError, RecursionError) as e:
-        reason = type(e).__name__
-    log.warning(
-        "malformed event acknowledged without processing",
-        extra={"status": 400, "reason": reason, "bytes": len(body)},
-    )
-    return f"acknowledged, not processed: the body cannot be parsed ({reason})\n", 200
 
 
 def _acknowledge_bad_event(error: HTTPException) -> tuple[str, int]:

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -562,3 +563,42 @@ def test_broken_sessions_end_in_the_expected_state(name, shared_server, sessions
         assert max(preview.size) == 512
         case.check(doc, displayed, edited)
     assert shared_server.get("/health").status_code == 200
+
+
+# --------------------------------------------------------------------------- the CLI's app
+
+
+UNPARSEABLE = {
+    "structured-json-100000-deep": (
+        {"content-type": "application/cloudevents+json"},
+        b"[" * 100_000 + b"]" * 100_000,
+    ),
+    "binary-json-100000-deep": (PUBSUB_HEADERS, b"[" * 100_000 + b"]" * 100_000),
+    "push-json-100000-deep": (
+        {"content-type": "application/json"},
+        b'{"a":' * 100_000 + b"}" * 100_000,
+    ),
+}
+
+
+def test_cli_event_target_acknowledges_unparseable_bodies(server_env, tmp_path):
+    """`functions-framework --target handle_session` (main.py's own app) acknowledges what its
+    parsing would answer 500, like the production app; a valid event still reaches the
+    function (answered 500 only until warm-up ends, as before)."""
+    from tests.e2e.test_local_targets import start_target
+
+    server = start_target(server_env, tmp_path, "handle_session")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the CLI binds its port after importing main.py
+            try:
+                requests.get(server.url + "/", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        for name, (headers, body) in UNPARSEABLE.items():
+            response = server.post(headers | {"ce-id": f"cli-{name}"}, body)
+            assert response.status_code == 200, (name, response.text)
+            assert "the body cannot be parsed" in response.text, name
+    finally:
+        server.stop()
