@@ -26,6 +26,7 @@ import os
 import pickle
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ WALL_SECONDS = 60
 MAX_CONCURRENT = 2
 #: Modules the fork server imports once, so that each child starts with them loaded.
 PRELOAD = ["inpaint.decoding"]
+#: Each child runs the program's main script again (as ``__mp_main__``, behind its ``__main__``
+#: guard): CPython 3.11's fork server ignores a ``__main__`` preload. The servers' scripts only
+#: import their entry module, so the fork server imports it too when this process has.
+SERVER_ENTRY_MODULES = ("gunicorn.app.wsgiapp", "functions_framework._cli")
 
 _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT)
 _CONTEXT_LOCK = threading.Lock()
@@ -70,7 +75,8 @@ def _get_context() -> multiprocessing.context.BaseContext:
     with _CONTEXT_LOCK:
         if _context is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(PRELOAD)
+            entries = [name for name in SERVER_ENTRY_MODULES if name in sys.modules]
+            ctx.set_forkserver_preload([*entries, *PRELOAD])
             _context = ctx
         return _context
 
