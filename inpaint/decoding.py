@@ -129,6 +129,16 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
     return _from_payload(meta, payload)
 
 
+def decode_photo_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``decode_photo`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
+    return _guarded("photo", _photo_pixels, data, limits)
+
+
+def read_mask_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``read_mask`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
+    return _guarded("mask", _mask_pixels, data, limits)
+
+
 def _photo_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
     """In the decoding child: the photo as (mode, size, info) and its pixel bytes."""
     return _to_payload(_guarded("photo", _photo_pixels, data, limits))

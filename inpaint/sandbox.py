@@ -48,8 +48,9 @@ WALL_SECONDS = 60
 #: Children at once in this process: with four jobs admitted per instance, decodes wait for a
 #: slot rather than add up (2 x 2 GiB at most, beside the model).
 MAX_CONCURRENT = 2
-#: Modules the fork server imports once, so that each child starts with them loaded.
-PRELOAD = ["inpaint.decoding"]
+#: Modules the fork server imports once, so that each child starts with them loaded (this one
+#: imports the decoders and warms them up).
+PRELOAD = ["inpaint.decode_preload"]
 #: Each child runs the program's main script again (as ``__mp_main__``, behind its ``__main__``
 #: guard): CPython 3.11's fork server ignores a ``__main__`` preload. The servers' scripts only
 #: import their entry module, so the fork server imports it too when this process has.
