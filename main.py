@@ -18,17 +18,23 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from inpaint import service
+from inpaint.bodies import acknowledge_unparseable_body
 from inpaint.config import get_settings
 from inpaint.errors import DeliverLaterError
 from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
 from inpaint.probes import probe_response
+from inpaint.serving import EVENT_TARGET
 
 configure_logging()
 if service.launched_by_forking_cli():
     # `functions-framework --target ...` imports this file in gunicorn's master, then forks the
     # worker that serves: load there, not here (a CUDA context does not survive a fork).
     service.warm_up_in_forked_workers()
+    if flask.has_app_context() and flask.current_app.name == EVENT_TARGET:
+        # The CLI builds the event target's app around this import: bodies its parsing would
+        # answer 500 are acknowledged instead (production's app does this after its body limit).
+        flask.current_app.before_request(acknowledge_unparseable_body)
 else:
     service.WARMUP.start()
 

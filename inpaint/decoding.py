@@ -3,51 +3,51 @@
 
 Every way the bytes can be unusable becomes an :class:`~inpaint.errors.InvalidImageError` (or a
 :class:`~inpaint.errors.MaskMismatchError`) whose message names the input and the problem,
-because that message is shown to the user as is. Limits are checked from the header, before
-decoding. Pure PIL + numpy.
+because that message is shown to the user as is. Only JPEG, PNG and WebP are decoded, after
+their structure is checked (``inpaint.upload_checks``) and their limits read from the header;
+the decoding itself runs in a child process with CPU and memory limits (``inpaint.sandbox``),
+so no file can cost more than one bounded decode, and no library exception escapes as anything
+but a permanent error. PIL + numpy (+ simplejpeg for the JPEG integrity check).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import (
-    BmpImagePlugin,  # noqa: F401  (imported to register the decoders ALLOWED_FORMATS names)
-    GifImagePlugin,  # noqa: F401
     Image,
     ImageCms,
     ImageOps,
-    JpegImagePlugin,  # noqa: F401
+    JpegImagePlugin,  # noqa: F401  (imported to register the decoders ALLOWED_FORMATS names)
     PngImagePlugin,  # noqa: F401
-    TiffImagePlugin,  # noqa: F401
     UnidentifiedImageError,
     WebPImagePlugin,  # noqa: F401
-    features,
 )
 
-from inpaint.errors import InvalidImageError, MaskMismatchError
+from inpaint import sandbox
+from inpaint.errors import InvalidImageError, MaskMismatchError, PermanentError
+from inpaint.upload_checks import ALLOWED_FORMATS, check_structure, sniff_format, verify_jpeg_data
 
 if TYPE_CHECKING:
     from inpaint.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: Formats we decode. An allow-list rather than everything PIL knows: exotic decoders (EPS runs
-#: Ghostscript, PSD, ICO, ...) are attack surface that no pet photo needs. Phones' multi-picture
-#: JPEGs (MPO) open through the JPEG decoder. The plugins are imported above because PIL loads
-#: most of them lazily and ``Image.open(formats=...)`` needs them registered; AVIF only where
-#: this PIL build has it.
-if features.check("avif"):
-    from PIL import AvifImagePlugin  # noqa: F401
-ALLOWED_FORMATS: tuple[str, ...] = tuple(
-    f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN
-)
+#: Whether ``decode_photo`` / ``read_mask`` decode in a limited child process
+#: (``inpaint.sandbox``): the last line of defence against a file that the structure checks do
+#: not understand. Off only for tests that patch this module's internals (a child, forked from
+#: a server that imported this module afresh, does not see their patches).
+ISOLATED = True
+#: What crosses the process boundary besides the pixel bytes: mode, size and ``info``.
+ImageMeta = tuple[str, tuple[int, int], dict]
 #: Smallest accepted side (photo and mask). Below this there is nothing to inpaint sensibly, and
 #: the working size could not keep both sides at a multiple of 16.
 MIN_SIDE = 16
@@ -67,13 +67,21 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _MAGIC: tuple[tuple[str, bytes], ...] = (
     ("JPEG", b"\xff\xd8\xff"),
     ("PNG", b"\x89PNG\r\n\x1a\n"),
-    ("GIF", b"GIF8"),
     ("WEBP", b"RIFF"),
+)
+# Formats refused by their signature, named so that the user knows what to send instead.
+_REFUSED_MAGIC: tuple[tuple[str, bytes], ...] = (
     ("TIFF", b"II*\x00"),
     ("TIFF", b"MM\x00*"),
+    ("GIF", b"GIF8"),
     ("BMP", b"BM"),
 )
-# point() lookup tables: binarise at 50 %, and "any coverage".
+#: An alpha channel is the mask only when some pixel is at least half transparent: strokes on a
+#: transparent canvas. Alpha that is opaque or nearly so everywhere (e.g. 250..254 from an
+#: editor's export) carries no strokes, and the luminance decides instead; otherwise such noise
+#: would turn into a full repaint.
+MASK_ALPHA_THRESHOLD = 128
+# point() lookup table: binarise at 50 %.
 _BINARISE_LUT = [0] * 128 + [255] * 128
 
 
@@ -114,6 +122,57 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
       keep the photo's colour space (e.g. Display P3) but carry no EXIF (no GPS, no stale
       orientation tag).
     """
+    if not ISOLATED:
+        return _guarded("photo", _photo_pixels, data, limits)
+    _check_type(data, "photo")
+    meta, payload = sandbox.run(_photo_payload, bytes(data), limits, what="photo")
+    return _from_payload(meta, payload)
+
+
+def decode_photo_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``decode_photo`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
+    return _guarded("photo", _photo_pixels, data, limits)
+
+
+def read_mask_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``read_mask`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
+    return _guarded("mask", _mask_pixels, data, limits)
+
+
+def _photo_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
+    """In the decoding child: the photo as (mode, size, info) and its pixel bytes."""
+    return _to_payload(_guarded("photo", _photo_pixels, data, limits))
+
+
+def _mask_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
+    """In the decoding child: the mask's grey channel as (mode, size, info) and its bytes."""
+    return _to_payload(_guarded("mask", _mask_pixels, data, limits))
+
+
+def _mask_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``read_mask`` without its guard."""
+    return _mask_gray(_open(data, limits, "mask"))
+
+
+def _to_payload(im: Image.Image) -> tuple[ImageMeta, bytes]:
+    return (im.mode, im.size, dict(im.info)), im.tobytes()
+
+
+def _from_payload(meta: ImageMeta, payload: bytes) -> Image.Image:
+    mode, size, info = meta
+    im = Image.frombytes(mode, size, payload)
+    im.info = info
+    return im
+
+
+def _check_type(data: object, what: str) -> None:
+    """Data that is not bytes at all is a caller's bug, not the user's error."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
+
+
+def _photo_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``decode_photo`` without its guard."""
     im = _open(data, limits, "photo")
     icc = im.info.get("icc_profile")
     rgb = _to_rgb(im, icc)
@@ -122,23 +181,49 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
     return rgb
 
 
+def _guarded(
+    what: str, work: Callable[[bytes, ImageLimits], Image.Image], data: bytes, limits: ImageLimits
+) -> Image.Image:
+    """Runs one input's decoding so that only the project's permanent errors leave it.
+
+    Pillow and its decoders raise many exception types on hostile files (``TypeError`` for an
+    ICC tag of the wrong type, ``ValueError`` for a palette index out of range, ...). Left raw,
+    each would be answered as a transient fault and retried until "attempts exhausted"; a file
+    that fails once fails every time, so it is the user's permanent error. ``MemoryError`` is
+    left alone: in this process it may be the instance's, not the file's (the decode worker
+    turns its own, under its memory limit, into a permanent error). ``TypeError`` for data that
+    is not bytes at all is a caller's bug and is raised before this guard.
+    """
+    _check_type(data, what)
+    try:
+        return work(data, limits)
+    except (PermanentError, MemoryError):
+        raise
+    except Exception as e:
+        log.warning("unexpected %s while decoding the %s: %s", type(e).__name__, what, e)
+        raise InvalidImageError(
+            f"The {what} could not be read: the image data is corrupt ({type(e).__name__})."
+        ) from e
+
+
 def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Image.Image:
     """Decodes the mask into an ``L`` image of values 0/255 and exactly ``size``.
 
     White (255) means "repaint". The rule for which channel is the mask:
 
-    - If the image has an alpha channel (RGBA, LA, PA, or a palette/tRNS transparency) and that
-      alpha is not uniformly opaque, the alpha channel is the mask: painted strokes on a
-      transparent canvas are what to repaint, whatever their colour.
+    - If the image has an alpha channel (RGBA, LA, PA, or a palette/colour-key transparency) and
+      some pixel is at least half transparent (alpha < ``MASK_ALPHA_THRESHOLD``), the alpha
+      channel is the mask: painted strokes on a transparent canvas are what to repaint, whatever
+      their colour.
     - Otherwise the luminance is the mask (white on black).
 
-    16-bit, 32-bit and float masks are scaled to 8 bits like photos. The result is binarised at
-    50 % (>= 128 -> 255).
+    16-bit masks are scaled to 8 bits like photos. The result is binarised at 50 %
+    (>= 128 -> 255); see ``fit_mask`` for masks of another size.
 
     ``size`` is the photo's *displayed* size (after its EXIF rotation), and the mask is expected
     in that orientation (its own EXIF orientation, if any, is applied too). A mask of another
-    size but the same aspect ratio (within 1 %, or 1 px of rounding) is resized (bilinear, then
-    re-binarised); any other aspect ratio is a :class:`MaskMismatchError` naming both sizes.
+    size but the same aspect ratio (within 1 %, or 1 px of rounding) is resized (``fit_mask``);
+    any other aspect ratio is a :class:`MaskMismatchError` naming both sizes.
     """
     return fit_mask(read_mask(data, limits), size)
 
@@ -146,23 +231,39 @@ def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Imag
 def read_mask(data: bytes, limits: ImageLimits) -> Image.Image:
     """The first half of ``decode_mask``: decoded, oriented, its mask channel as ``L`` (not yet
     binarised), at its own size. Needs nothing of the photo, so it can run beside its decoding."""
-    return _mask_gray(_open(data, limits, "mask"))
+    if not ISOLATED:
+        return _guarded("mask", _mask_pixels, data, limits)
+    _check_type(data, "mask")
+    meta, payload = sandbox.run(_mask_payload, bytes(data), limits, what="mask")
+    return _from_payload(meta, payload)
 
 
 def fit_mask(gray: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The second half of ``decode_mask``: checked against and resized to ``size``, binarised."""
-    if gray.size != size:
-        _check_mask_aspect(gray.size, size)
-        gray = gray.resize(size, Image.Resampling.BILINEAR)
-    return gray.point(_BINARISE_LUT)
+    """The second half of ``decode_mask``: checked against and resized to ``size``, binarised.
+
+    A larger mask is binarised first and then reduced by area: a photo pixel is repainted when
+    the mask pixels it covers hold at least half a one-pixel line across it (coverage of
+    ``1 / (2 * scale)``), so a thin stroke survives any reduction while isolated specks (noise)
+    do not grow into blocks. A smaller mask is enlarged bilinearly and binarised at 50 %.
+    """
+    if gray.size == size:
+        return gray.point(_BINARISE_LUT)
+    _check_mask_aspect(gray.size, size)
+    if gray.width > size[0] or gray.height > size[1]:
+        scale = max(gray.width / size[0], gray.height / size[1])
+        covered = gray.point(_BINARISE_LUT).resize(size, Image.Resampling.BOX)
+        least = max(1, math.ceil(255 / (2 * scale)))
+        return covered.point([0] * least + [255] * (256 - least))
+    return gray.resize(size, Image.Resampling.BILINEAR).point(_BINARISE_LUT)
 
 
 def decode_inputs(
     photo: bytes, mask: bytes, limits: ImageLimits
 ) -> tuple[Image.Image, Image.Image]:
-    """``decode_photo`` and ``decode_mask`` with the two decodings side by side (PIL's decoders
-    release the GIL, so on two cores this takes about the time of the longer one). Errors are
-    the same and come in the same order: the photo's first, then the mask's."""
+    """``decode_photo`` and ``decode_mask`` with the two decodings side by side (each in its own
+    child process, or with PIL's decoders releasing the GIL in process), so on two cores this
+    takes about the time of the longer one. Errors are the same and come in the same order: the
+    photo's first, then the mask's."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-mask") as pool:
         gray = pool.submit(read_mask, mask, limits)
         original = decode_photo(photo, limits)
@@ -170,9 +271,15 @@ def decode_inputs(
 
 
 def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
-    """Opens, checks and fully loads one input, and applies its EXIF orientation."""
+    """Opens, checks and fully loads one input, and applies its EXIF orientation.
+
+    Order: byte size, signature (``ALLOWED_FORMATS``), container structure
+    (``inpaint.upload_checks``), header dimensions, JPEG entropy data, then the pixels. Any
+    exception that escapes a library is turned into an ``InvalidImageError`` by ``_guarded``.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
+    data = bytes(data)
     if len(data) == 0:
         raise InvalidImageError(f"The {what} is empty (0 bytes).")
     if len(data) > limits.max_bytes:
@@ -180,8 +287,17 @@ def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
             f"The {what} is {_format_bytes(len(data))}, above the limit of "
             f"{_format_bytes(limits.max_bytes)}."
         )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InvalidImageError(f"The {what} could not be read: {_sniff(data)}.")
+    return _load_checked(data, fmt, limits, what)
+
+
+def _load_checked(data: bytes, fmt: str, limits: ImageLimits, what: str) -> Image.Image:
+    """The body of ``_open`` once the format is known."""
+    check_structure(data, what)
     try:
-        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        im = Image.open(io.BytesIO(data), formats=(fmt,))
     except Image.DecompressionBombError as e:
         raise InvalidImageError(_bomb_message(what, e, limits)) from e
     except UnidentifiedImageError as e:
@@ -192,6 +308,8 @@ def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
         raise _unreadable(what, e, data) from e
 
     _check_dimensions(im.size, limits, what)
+    if fmt == "JPEG":
+        verify_jpeg_data(data, what)
     try:
         im.load()
     except Image.DecompressionBombError as e:
@@ -200,12 +318,43 @@ def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
         raise
     except Exception as e:
         raise _unreadable(what, e, data) from e
+    im = _apply_colour_key(im, data if fmt == "PNG" else None)
 
     try:
         ImageOps.exif_transpose(im, in_place=True)
     except Exception as e:  # a corrupt EXIF block must not cost the user their edit
         log.warning("ignoring unreadable EXIF orientation of the %s: %s", what, e)
     return im
+
+
+def _apply_colour_key(im: Image.Image, png: bytes | None) -> Image.Image:
+    """A colour-key transparency (PNG tRNS on a greyscale or RGB image) as a real alpha channel.
+
+    Pillow keeps the key in ``info["transparency"]`` and honours it only for some modes (8-bit
+    grey, not RGB once decoded, not 16-bit grey), so it is applied here, exactly, for every
+    mode: pixels equal to the key become alpha 0 (``LA`` or ``RGBA``). Pillow scales 2- and
+    4-bit grey samples to 8 bits but not the key, so the key is scaled the same way.
+    """
+    key = im.info.get("transparency")
+    if key is None or isinstance(key, bytes) or im.mode in _ALPHA_MODES or im.mode == "P":
+        return im
+    pixels = np.asarray(im)
+    if pixels.ndim == 3:
+        hit = np.all(pixels[..., :3] == np.asarray(key, dtype=np.int64)[:3], axis=2)
+    else:
+        depth = png[24] if png is not None and len(png) > 25 else 8
+        if im.mode == "L" and depth in (2, 4):
+            key = int(key) * 255 // ((1 << depth) - 1)
+        hit = pixels == key
+    alpha = Image.fromarray(np.where(hit, 0, 255).astype(np.uint8), "L")
+    base = im.copy()
+    base.info.pop("transparency", None)
+    if base.mode in _HIGH_DEPTH_MODES:
+        base = _high_depth_to_l(base)
+    out = base.convert("RGBA" if pixels.ndim == 3 else "LA")
+    out.putalpha(alpha)
+    out.info = {k: v for k, v in im.info.items() if k != "transparency"}
+    return out
 
 
 def _check_dimensions(size: tuple[int, int], limits: ImageLimits, what: str) -> None:
@@ -254,6 +403,9 @@ def _sniff(data: bytes) -> str:
         if brand in {"avif", "avis"}:
             return "AVIF images are not supported; please upload a JPEG or PNG"
         return "it is a video or another ISO media file, not an image"
+    for fmt, magic in _REFUSED_MAGIC:
+        if head.startswith(magic):
+            return f"{fmt} images are not supported; please upload a JPEG or PNG"
     for fmt, magic in _MAGIC:
         if head.startswith(magic) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
             return f"the file starts like a {fmt} image but is truncated or corrupt"
@@ -383,7 +535,7 @@ def _mask_gray(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         alpha = rgba.getchannel("A")
         lowest, _ = alpha.getextrema()
-        if lowest < 255:
+        if lowest < MASK_ALPHA_THRESHOLD:
             return alpha
         return rgba.convert("RGB").convert("L")
     if mode == "L":

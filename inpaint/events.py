@@ -100,7 +100,23 @@ def validate_id(name: str, value: object) -> str:
 
 
 def parse_event(event: Any, *, trace_header: str | None = None) -> JobRequest | Ignored:
-    """Turns a ``cloudevents`` event into a job request; raises ``InvalidEventError``."""
+    """Turns a ``cloudevents`` event into a job request; raises ``InvalidEventError``.
+
+    The publisher controls the message, so nothing else may escape: a library's own error on a
+    hostile message (``RecursionError`` from JSON nested thousands deep, protobuf's
+    ``ParseError`` for a field of the wrong type, ...) is an ``InvalidEventError`` too, logged
+    and acknowledged rather than answered 500 and redelivered until dead-lettered.
+    """
+    try:
+        return _parse(event, trace_header)
+    except (InvalidEventError, MemoryError):
+        raise
+    except Exception as exc:
+        raise InvalidEventError(f"the event is malformed ({type(exc).__name__})") from exc
+
+
+def _parse(event: Any, trace_header: str | None) -> JobRequest | Ignored:
+    """``parse_event`` without its guard."""
     event_type = str(event["type"])
     event_id = str(event["id"])
     trace_id = _trace_id(event, trace_header)
@@ -122,7 +138,7 @@ def _from_pubsub(data: Any) -> tuple[SessionRef, dt.datetime | None]:
     if isinstance(data, bytes | bytearray):
         try:
             data = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise InvalidEventError("the Pub/Sub event body is not JSON") from exc
     if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
         raise InvalidEventError("the Pub/Sub event has no message")
@@ -131,12 +147,17 @@ def _from_pubsub(data: Any) -> tuple[SessionRef, dt.datetime | None]:
         raise InvalidEventError("the Pub/Sub message has no data")
     try:
         base64.b64decode(raw, validate=True)
-        message = MessagePublishedData.from_json(json.dumps(data), ignore_unknown_fields=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidEventError("the Pub/Sub message data is not valid base64") from exc
     try:
+        message = MessagePublishedData.from_json(json.dumps(data), ignore_unknown_fields=True)
+    except Exception as exc:  # protobuf's ParseError (a field of the wrong type), RecursionError
+        raise InvalidEventError(
+            f"the Pub/Sub message is malformed ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    try:
         payload = json.loads(message.message.data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidEventError("the Pub/Sub message data is not a JSON object") from exc
     if not isinstance(payload, dict):
         raise InvalidEventError("the Pub/Sub message data is not a JSON object")
@@ -146,6 +167,12 @@ def _from_pubsub(data: Any) -> tuple[SessionRef, dt.datetime | None]:
     )
     published = message.message.publish_time if "publish_time" in message.message else None
     return session, _as_utc(published)
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library's message, shortened for a log line (it may quote the hostile input)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:200]
 
 
 def _decode_document_event(data: Any) -> DocumentEventData:

@@ -426,7 +426,8 @@ def job_params(document: dict[str, Any], session_id: str, settings: Settings) ->
     guidance = document.get("guidance", settings.guidance)
     if isinstance(guidance, bool) or not isinstance(guidance, int | float):
         raise InvalidRequestError("The guidance must be a number from 0 to 100.")
-    if not 0.0 <= float(guidance) <= 100.0:
+    # Compared before float(): an integer too large for a float (10**400) raises OverflowError.
+    if not 0 <= guidance <= 100:
         raise InvalidRequestError("The guidance must be a number from 0 to 100.")
     return GenerationParams(prompt=prompt.strip(), seed=seed, steps=steps, guidance=float(guidance))
 

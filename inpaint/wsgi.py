@@ -4,10 +4,10 @@
 the framework loads a target's source file by path, as its CLI does; the file's errorhandler is
 registered on this app then); the health routes come from ``inpaint.probes`` (the same answers as
 ``main.health``). Event-level problems that a redelivery cannot fix (a body
-that is not a CloudEvent, a body over the size limit) are acknowledged with 200 and logged: any
-other status would make Pub/Sub redeliver them for a day. SIGTERM (Cloud Run stopping the
-instance) sets ``service.SHUTDOWN`` before gunicorn's own graceful exit: see
-``service.stop_on_sigterm``.
+that is not a CloudEvent or cannot be parsed at all, a body over the size limit) are
+acknowledged with 200 and logged: any other status would make Pub/Sub redeliver them for a
+day. SIGTERM (Cloud Run stopping the instance) sets ``service.SHUTDOWN`` before gunicorn's own
+graceful exit: see ``service.stop_on_sigterm``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from werkzeug.exceptions import (
 )
 
 from inpaint import service
+from inpaint.bodies import acknowledge_unparseable_body
 from inpaint.config import get_settings
 from inpaint.probes import probe_response
 from inpaint.serving import EVENT_TARGET
@@ -41,6 +42,7 @@ def create_app() -> flask.Flask:
         app.add_url_rule(path, name, lambda: probe_response(flask.request), methods=["GET"])
     app.config["MAX_CONTENT_LENGTH"] = get_settings().max_event_bytes
     app.before_request(_refuse_long_streamed_body)
+    app.before_request(acknowledge_unparseable_body)  # after the body limit
     for error in (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
         app.register_error_handler(error, _acknowledge_bad_event)
     if threading.current_thread() is threading.main_thread():

@@ -186,3 +186,62 @@ def test_session_ref_builds_only_contract_paths():
         ref.storage_path("../../other.jpg")
     with pytest.raises(InvalidEventError):
         SessionRef("u/../v", "s")
+
+
+# --------------------------------------------------------------------------------------------
+# hostile messages (issue 30): every one is an InvalidEventError, nothing raw escapes
+# --------------------------------------------------------------------------------------------
+
+
+def _deep(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _pubsub_event(message: dict) -> object:
+    from cloudevents.http import CloudEvent
+
+    attributes = {
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "source": "//pubsub.googleapis.com/projects/p/topics/t",
+        "id": "evt-hostile",
+    }
+    return CloudEvent(
+        attributes, {"subscription": "projects/p/subscriptions/s", "message": message}
+    )
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+GOOD_DATA = _b64(json.dumps({"userId": "u", "sessionId": "s"}))
+
+HOSTILE_MESSAGES = {
+    "data: JSON nested 100,000 deep": {"data": _b64("[" * 100_000 + "]" * 100_000)},
+    "data: object nested 100,000 deep": {"data": _b64('{"a":' * 100_000 + "1" + "}" * 100_000)},
+    "publishTime: garbage": {"data": GOOD_DATA, "publishTime": "garbage"},
+    "publish_time: a number": {"data": GOOD_DATA, "publish_time": 12},
+    "attributes: not strings": {"data": GOOD_DATA, "attributes": {"a": 1}},
+    "attributes: a list": {"data": GOOD_DATA, "attributes": ["a"]},
+    "messageId: an object": {"data": GOOD_DATA, "messageId": {"x": 1}},
+    "a field nested 5,000 deep": {"data": GOOD_DATA, "extra": _deep(5_000)},
+    "data: not UTF-8": {"data": base64.b64encode(b"\xff\xfe{").decode()},
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_MESSAGES, ids=list(HOSTILE_MESSAGES))
+def test_hostile_message_fields_are_invalid_events(case):
+    with pytest.raises(InvalidEventError):
+        parse_event(_pubsub_event(HOSTILE_MESSAGES[case]))
+
+
+def test_body_nested_deeper_than_the_recursion_limit_is_an_invalid_event():
+    from cloudevents.http import CloudEvent
+
+    attributes = {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "s", "id": "i"}
+    deep = b'{"message":' * 5_000 + b"1" + b"}" * 5_000
+    with pytest.raises(InvalidEventError, match="not JSON"):
+        parse_event(CloudEvent(attributes, deep))

@@ -69,6 +69,10 @@ def test_blank_prompt_falls_back_to_default():
         ({"steps": 51}, "The steps must be a whole number from 1 to 50."),
         ({"guidance": "high"}, "The guidance must be a number"),
         ({"guidance": 101}, "The guidance must be a number"),
+        ({"guidance": 10**400}, "The guidance must be a number"),  # was OverflowError
+        ({"guidance": -(10**400)}, "The guidance must be a number"),
+        ({"guidance": float("nan")}, "The guidance must be a number"),
+        ({"guidance": float("inf")}, "The guidance must be a number"),
     ],
 )
 def test_bad_parameters_are_permanent_errors_with_specific_messages(doc, message):

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw, ImageOps
 
+from benchmarks import hostile_inputs as hostile
 from tests.e2e.conftest import (
     blob_versions,
     bucket_state,
@@ -241,6 +243,63 @@ EVENT_CASES: dict[str, EventCase] = {
     "chunked-10MB-no-length": EventCase(
         _chunked_padded(10 * 1024 * 1024), "not processed: Request Entity Too Large", wsgi=True
     ),
+    # issue 30: bodies the framework itself could not parse (answered 500 before)
+    "structured-not-utf8": EventCase(
+        lambda u, s: ({"content-type": "application/cloudevents+json"}, b"\xff\xfe\x00{garbage"),
+        "not processed",
+        wsgi=True,
+    ),
+    "structured-json-100000-deep": EventCase(
+        lambda u, s: (
+            {"content-type": "application/cloudevents+json"},
+            b"[" * 100_000 + b"]" * 100_000,
+        ),
+        "the body cannot be parsed (RecursionError)",
+        wsgi=True,
+    ),
+    "binary-json-100000-deep": EventCase(
+        _binary(b"[" * 100_000 + b"]" * 100_000),
+        "the body cannot be parsed (DataUnmarshallerError)",
+        wsgi=True,
+    ),
+    "push-json-100000-deep": EventCase(
+        lambda u, s: ({"content-type": "application/json"}, b'{"a":' * 100_000 + b"}" * 100_000),
+        "the body cannot be parsed (RecursionError)",
+        wsgi=True,
+    ),
+    "push-not-utf8": EventCase(
+        lambda u, s: ({"content-type": "application/json"}, b"\xff\xfe{not utf-8"),
+        "not processed",
+        wsgi=True,
+    ),
+    # issue 30: message fields the publisher controls
+    "data-json-100000-deep": EventCase(
+        _binary(_envelope(_b64(b"[" * 100_000 + b"]" * 100_000))), "data is not a JSON object"
+    ),
+    "publish-time-garbage": EventCase(
+        lambda u, s: (
+            PUBSUB_HEADERS,
+            _envelope(
+                message={
+                    "data": _b64(json.dumps({"userId": u, "sessionId": s}).encode()),
+                    "publishTime": "garbage",
+                }
+            ),
+        ),
+        "the Pub/Sub message is malformed (ParseError",
+    ),
+    "attributes-not-strings": EventCase(
+        lambda u, s: (
+            PUBSUB_HEADERS,
+            _envelope(
+                message={
+                    "data": _b64(json.dumps({"userId": u, "sessionId": s}).encode()),
+                    "attributes": {"a": 1},
+                }
+            ),
+        ),
+        "the Pub/Sub message is malformed (ParseError",
+    ),
 }
 
 
@@ -325,23 +384,37 @@ def _mask_16bit() -> bytes:
     return _png(Image.fromarray(wide))
 
 
+def _nearly_opaque_mask() -> bytes:
+    """White on black with alpha 250 everywhere: the luminance, not the alpha, is the mask."""
+    mask = _mask().convert("RGBA")
+    mask.putalpha(250)
+    return _png(mask)
+
+
+def _outside_kept(doc: dict, original: Image.Image, edited: Image.Image) -> None:
+    """Painted inside the ellipse only: the corners keep the original."""
+    _masked_region_changed(doc, original, edited)
+    corner = (0, 0, 80, 60)
+    diff = np.abs(pixels(edited.crop(corner)) - pixels(original.crop(corner)))
+    assert diff.mean() < 2.0
+
+
 PHOTO = photo_jpeg(SIZE)
 MASK = ellipse_mask(SIZE)
 SEED_ERROR = "The seed must be a whole number from 0 to 4294967295."
 
 SESSION_CASES: dict[str, SessionCase] = {
     # documents and files that are missing or empty
-    "document-missing": SessionCase(create_doc=False, error="The session was not found"),
     "photo-missing": SessionCase(mask=MASK, error="The photo was not found in Storage at users/"),
     "mask-missing": SessionCase(photo=PHOTO, error="The mask was not found in Storage at users/"),
     "photo-zero-bytes": SessionCase(b"", MASK, error="The photo is empty (0 bytes)."),
     "mask-zero-bytes": SessionCase(PHOTO, b"", error="The mask is empty (0 bytes)."),
     # broken or disguised files
     "photo-truncated-jpeg": SessionCase(
-        PHOTO[: len(PHOTO) * 6 // 10], MASK, error="The photo could not be read: the file is trunc"
+        PHOTO[: len(PHOTO) * 6 // 10], MASK, error="The photo could not be read: the JPEG file is t"
     ),
     "mask-truncated-png": SessionCase(
-        PHOTO, MASK[: len(MASK) // 2], error="The mask could not be read: the file is truncated"
+        PHOTO, MASK[: len(MASK) // 2], error="The mask could not be read: the PNG file is truncated"
     ),
     "photo-is-html-page": SessionCase(
         HTML_PAGE, MASK, error="it is an HTML or XML document (maybe an error page), not an image"
@@ -396,6 +469,34 @@ SESSION_CASES: dict[str, SessionCase] = {
     "mask-16-bit": SessionCase(PHOTO, _mask_16bit(), check=_masked_region_changed),
     "mask-palette": SessionCase(PHOTO, _png(_mask().convert("P")), check=_masked_region_changed),
     "mask-rgba-strokes": SessionCase(PHOTO, _rgba_strokes(), check=_masked_region_changed),
+    # issue 30: hostile files (small versions of the fuzz campaign's worst ones)
+    "photo-tiff-one-byte-strips": SessionCase(
+        hostile.tiff_many_strips(20_000), MASK, error="TIFF images are not supported"
+    ),
+    "photo-progressive-scan-repeated": SessionCase(
+        hostile.jpeg_repeated_scan(720, 3000), MASK, error="JPEG has more than 64 scans"
+    ),
+    "photo-empty-app0-flood": SessionCase(
+        hostile.jpeg_app0_flood(400_000), MASK, error="JPEG has more than 1024 markers"
+    ),
+    "mask-private-chunk-flood": SessionCase(
+        PHOTO, hostile.png_private_flood(400_000), error="The mask could not be read: the PNG h"
+    ),
+    "photo-palette-trns-overflow": SessionCase(
+        hostile.png_palette_trns_overflow(), MASK, error="transparency (tRNS) has 300 entries"
+    ),
+    "mask-palette-trns-overflow": SessionCase(
+        PHOTO, hostile.png_palette_trns_overflow(), error="The mask could not be read: the PNG t"
+    ),
+    "photo-cut-mid-scan-with-eoi": SessionCase(
+        PHOTO[: len(PHOTO) * 6 // 10].rstrip(b"\xff") + b"\xff\xd9",
+        MASK,
+        error="The photo could not be read: the JPEG data is incomplete",
+    ),
+    "photo-header-claims-4000x4000": SessionCase(
+        hostile.jpeg_header_lies(4000), MASK, error="the JPEG data is incomplete"
+    ),
+    "mask-alpha-250-everywhere": SessionCase(PHOTO, _nearly_opaque_mask(), check=_outside_kept),
     # document fields
     "prompt-100000-chars": SessionCase(
         PHOTO, MASK, {"prompt": "cat " * 25_000}, error="100000 characters long; the limit is 2000"
@@ -445,6 +546,7 @@ def test_broken_sessions_end_in_the_expected_state(name, shared_server, sessions
     assert {k: versions[k] for k in inputs} == inputs  # the inputs untouched
     if case.error is not None:
         assert doc["processingStatus"] == "failed", doc
+        assert doc.get("attempts", 1) == 1  # recorded on the first delivery
         assert case.error in doc["errorMessage"], doc["errorMessage"]
         assert doc["errorCode"] and not OUTPUTS & set(versions)  # no partial outputs
         assert doc.get("progress", 0.0) == 0.0 and "timings" not in doc  # no denoising step
@@ -460,3 +562,42 @@ def test_broken_sessions_end_in_the_expected_state(name, shared_server, sessions
         assert max(preview.size) == 512
         case.check(doc, displayed, edited)
     assert shared_server.get("/health").status_code == 200
+
+
+# --------------------------------------------------------------------------- the CLI's app
+
+
+UNPARSEABLE = {
+    "structured-json-100000-deep": (
+        {"content-type": "application/cloudevents+json"},
+        b"[" * 100_000 + b"]" * 100_000,
+    ),
+    "binary-json-100000-deep": (PUBSUB_HEADERS, b"[" * 100_000 + b"]" * 100_000),
+    "push-json-100000-deep": (
+        {"content-type": "application/json"},
+        b'{"a":' * 100_000 + b"}" * 100_000,
+    ),
+}
+
+
+def test_cli_event_target_acknowledges_unparseable_bodies(server_env, tmp_path):
+    """`functions-framework --target handle_session` (main.py's own app) acknowledges what its
+    parsing would answer 500, like the production app; a valid event still reaches the
+    function (answered 500 only until warm-up ends, as before)."""
+    from tests.e2e.test_local_targets import start_target
+
+    server = start_target(server_env, tmp_path, "handle_session")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the CLI binds its port after importing main.py
+            try:
+                requests.get(server.url + "/", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        for name, (headers, body) in UNPARSEABLE.items():
+            response = server.post(headers | {"ce-id": f"cli-{name}"}, body)
+            assert response.status_code == 200, (name, response.text)
+            assert "the body cannot be parsed" in response.text, name
+    finally:
+        server.stop()
