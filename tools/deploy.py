@@ -1,0 +1,390 @@
+"""Ensure, on every deploy, everything the service relies on around it (issue 28).
+
+Run by cloudbuild.yaml's ``delivery`` step right after ``gcloud run deploy``:
+
+    python3 tools/deploy.py --project=P --project-number=N --region=R --service=S \
+        --ack-deadline=600 --min-retry-delay=10 --max-retry-delay=60 --max-delivery-attempts=100
+
+It reads the current state (``describe``, ``get-iam-policy``) and writes only what differs, so
+a second run writes nothing. In order:
+
+1. the trigger's service account exists (created once per project, docs/runbook.md 1.4);
+2. the topic and the dead-letter topic;
+3. the dead-letter pull subscription (ack deadline 60 s, 7 days, never expires);
+4. the Pub/Sub service agent may publish to the dead-letter topic;
+5. the trigger's account may invoke the service;
+6. the Eventarc trigger (topic -> service);
+7. the trigger's own subscription, named by the trigger: ack deadline, retry policy, dead-letter
+   policy (Eventarc creates it with its defaults and takes none of these);
+8. the Pub/Sub service agent may pull from it (to forward dead letters);
+9. the service's environment that must agree with 7: ``INPAINT_ACK_DEADLINE_SECONDS`` and
+   ``INPAINT_MAX_DELIVERY_ATTEMPTS`` (the service checks its own limits against them at start).
+
+Standard library only: it runs in the google-cloud-cli image of the deploy step. The decisions
+(what to write, given what is there) are pure functions, tested table-driven in
+tests/deploy/test_deploy_script.py; the order and idempotence are tested with a recording
+stand-in for gcloud, and the Pub/Sub part with the real gcloud against Google's emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TRIGGER_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+# Pub/Sub's limits for a subscription (and the deploy's own floor for the retry delays).
+ACK_DEADLINE_RANGE = (10, 600)
+DELIVERY_ATTEMPTS_RANGE = (5, 100)
+RETRY_DELAY_RANGE = (0, 600)
+
+
+class DeployError(RuntimeError):
+    """Something the deploy cannot fix by itself (a missing account, a trigger on another
+    topic): the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the deploy ensures. Defaults are the production names (docs/runbook.md)."""
+
+    project: str
+    project_number: str
+    region: str
+    service: str
+    topic: str = "session-processing"
+    dead_letter_topic: str = "session-processing-dead-letter"
+    dead_letter_subscription: str = "session-processing-dead-letter-sub"
+    trigger: str = "session-processing-to-inpaint"
+    trigger_account_name: str = "inpaint-eventarc"
+    ack_deadline_s: int = 600
+    min_retry_delay_s: int = 10
+    max_retry_delay_s: int = 60
+    max_delivery_attempts: int = 100
+    dead_letter_ack_deadline_s: int = 60
+    dead_letter_retention_s: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        problems = []
+        low, high = ACK_DEADLINE_RANGE
+        if not low <= self.ack_deadline_s <= high:
+            problems.append(f"ack deadline {self.ack_deadline_s} s is outside {low}..{high} s")
+        low, high = DELIVERY_ATTEMPTS_RANGE
+        if not low <= self.max_delivery_attempts <= high:
+            problems.append(
+                f"max delivery attempts {self.max_delivery_attempts} is outside {low}..{high}"
+            )
+        low, high = RETRY_DELAY_RANGE
+        if not low <= self.min_retry_delay_s <= self.max_retry_delay_s <= high:
+            problems.append(
+                f"retry delays {self.min_retry_delay_s}..{self.max_retry_delay_s} s: need "
+                f"{low} <= min <= max <= {high}"
+            )
+        if problems:
+            raise DeployError("; ".join(problems))
+
+    @property
+    def pubsub_agent(self) -> str:
+        return f"serviceAccount:service-{self.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+    @property
+    def trigger_account(self) -> str:
+        return f"{self.trigger_account_name}@{self.project}.iam.gserviceaccount.com"
+
+    def topic_path(self, name: str) -> str:
+        return f"projects/{self.project}/topics/{name}"
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """The service's settings that must agree with the trigger's subscription."""
+        return {
+            "INPAINT_ACK_DEADLINE_SECONDS": str(self.ack_deadline_s),
+            "INPAINT_MAX_DELIVERY_ATTEMPTS": str(self.max_delivery_attempts),
+        }
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+
+def seconds(duration: str | int | float | None) -> float | None:
+    """A protobuf JSON duration (``"10s"``, ``"10.500s"``) in seconds; None when absent."""
+    if duration is None or duration == "":
+        return None
+    if isinstance(duration, int | float):
+        return float(duration)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s", duration)
+    if not match:
+        raise DeployError(f"not a duration: {duration!r}")
+    return float(match.group(1))
+
+
+def needs_binding(policy: dict | None, role: str, member: str) -> bool:
+    """True when ``member`` does not have ``role`` (unconditionally) in an IAM policy."""
+    for binding in (policy or {}).get("bindings", []):
+        unconditional = binding.get("role") == role and "condition" not in binding
+        if unconditional and member in binding.get("members", []):
+            return False
+    return True
+
+
+def subscription_update_flags(observed: dict, target: Target) -> list[str]:
+    """The ``gcloud pubsub subscriptions update`` flags that bring the trigger's subscription
+    to the target (empty: nothing to change)."""
+    flags = []
+    if observed.get("ackDeadlineSeconds") != target.ack_deadline_s:
+        flags.append(f"--ack-deadline={target.ack_deadline_s}")
+    retry = observed.get("retryPolicy") or {}
+    if (seconds(retry.get("minimumBackoff")), seconds(retry.get("maximumBackoff"))) != (
+        target.min_retry_delay_s,
+        target.max_retry_delay_s,
+    ):
+        flags += [
+            f"--min-retry-delay={target.min_retry_delay_s}s",
+            f"--max-retry-delay={target.max_retry_delay_s}s",
+        ]
+    dead = observed.get("deadLetterPolicy") or {}
+    if (dead.get("deadLetterTopic"), dead.get("maxDeliveryAttempts")) != (
+        target.topic_path(target.dead_letter_topic),
+        target.max_delivery_attempts,
+    ):
+        flags += [
+            f"--dead-letter-topic={target.topic_path(target.dead_letter_topic)}",
+            f"--max-delivery-attempts={target.max_delivery_attempts}",
+        ]
+    return flags
+
+
+def dead_letter_subscription_flags(observed: dict | None, target: Target) -> list[str]:
+    """Create (observed None) or update flags for the dead-letter pull subscription."""
+    wanted = [
+        f"--ack-deadline={target.dead_letter_ack_deadline_s}",
+        f"--message-retention-duration={target.dead_letter_retention_s}s",
+        "--expiration-period=never",
+    ]
+    if observed is None:
+        return [f"--topic={target.dead_letter_topic}", *wanted]
+    if observed.get("topic") != target.topic_path(target.dead_letter_topic):
+        raise DeployError(
+            f"subscription {target.dead_letter_subscription} reads {observed.get('topic')}, "
+            f"not {target.topic_path(target.dead_letter_topic)}: delete it (after pulling any "
+            "dead letters it holds) and deploy again"
+        )
+    flags = []
+    if observed.get("ackDeadlineSeconds") != target.dead_letter_ack_deadline_s:
+        flags.append(wanted[0])
+    if seconds(observed.get("messageRetentionDuration")) != target.dead_letter_retention_s:
+        flags.append(wanted[1])
+    # "never": an expiration policy without a ttl.
+    expiration = observed.get("expirationPolicy")
+    if expiration is None or expiration.get("ttl"):
+        flags.append(wanted[2])
+    return flags
+
+
+def trigger_flags(observed: dict | None, target: Target) -> list[str]:
+    """Create (observed None) or update flags for the Eventarc trigger. Its transport topic
+    cannot be changed in place."""
+    destination = [
+        f"--destination-run-service={target.service}",
+        f"--destination-run-region={target.region}",
+        "--destination-run-path=/",
+    ]
+    filters = f"--event-filters=type={TRIGGER_EVENT_TYPE}"
+    account = f"--service-account={target.trigger_account}"
+    if observed is None:
+        return [
+            *destination,
+            filters,
+            f"--transport-topic={target.topic_path(target.topic)}",
+            account,
+        ]
+    topic = ((observed.get("transport") or {}).get("pubsub") or {}).get("topic")
+    if topic != target.topic_path(target.topic):
+        raise DeployError(
+            f"trigger {target.trigger} listens to {topic}, not "
+            f"{target.topic_path(target.topic)}; a trigger's topic cannot change: delete it "
+            f"(gcloud eventarc triggers delete {target.trigger} --location={target.region}) "
+            "and deploy again"
+        )
+    flags = []
+    run = (observed.get("destination") or {}).get("cloudRun") or {}
+    if (run.get("service"), run.get("region"), run.get("path")) != (
+        target.service,
+        target.region,
+        "/",
+    ):
+        flags += destination
+    wanted_filters = [{"attribute": "type", "value": TRIGGER_EVENT_TYPE}]
+    if sorted(observed.get("eventFilters") or [], key=str) != wanted_filters:
+        flags.append(filters)
+    if observed.get("serviceAccount") != target.trigger_account:
+        flags.append(account)
+    return flags
+
+
+def env_updates(service: dict, wanted: dict[str, str]) -> dict[str, str]:
+    """The variables of ``wanted`` that the deployed service (``run services describe``) lacks
+    or holds with another value."""
+    containers = service.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+    env = {e.get("name"): e.get("value") for e in (containers or [{}])[0].get("env", [])}
+    return {k: v for k, v in wanted.items() if env.get(k) != v}
+
+
+# --- gcloud -----------------------------------------------------------------------------------
+
+_NOT_FOUND = re.compile(r"NOT_FOUND|not found|does not exist", re.I)
+
+
+@dataclass
+class Gcloud:
+    """Runs gcloud; ``read`` returns None for a resource that does not exist."""
+
+    executable: list[str]
+    project: str
+    log: Callable[[str], None] = lambda line: print(line, flush=True)
+    writes: int = 0
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        argv = [*self.executable, *args, f"--project={self.project}", "--quiet"]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    def read(self, args: list[str]) -> dict | None:
+        proc = self._run([*args, "--format=json"])
+        if proc.returncode != 0:
+            if _NOT_FOUND.search(proc.stderr):
+                return None
+            raise DeployError(f"gcloud {shlex.join(args)} failed: {proc.stderr.strip()}")
+        return json.loads(proc.stdout or "null") or {}
+
+    def write(self, args: list[str]) -> None:
+        self.log(f"+ gcloud {shlex.join(args)}")
+        self.writes += 1
+        proc = self._run(args)
+        if proc.returncode != 0:
+            raise DeployError(f"gcloud {shlex.join(args)} failed: {proc.stderr.strip()}")
+
+
+def ensure(target: Target, gcloud: Gcloud) -> int:
+    """Bring everything to the target; returns the number of writes (0 when nothing changed)."""
+    t, region = target, f"--region={target.region}"
+    if gcloud.read(["iam", "service-accounts", "describe", t.trigger_account]) is None:
+        raise DeployError(
+            f"service account {t.trigger_account} does not exist: create it once "
+            "(docs/runbook.md, 1.4) and deploy again"
+        )
+    for topic in (t.topic, t.dead_letter_topic):
+        if gcloud.read(["pubsub", "topics", "describe", topic]) is None:
+            gcloud.write(["pubsub", "topics", "create", topic])
+
+    sub = t.dead_letter_subscription
+    observed = gcloud.read(["pubsub", "subscriptions", "describe", sub])
+    flags = dead_letter_subscription_flags(observed, t)
+    if flags:
+        verb = "create" if observed is None else "update"
+        gcloud.write(["pubsub", "subscriptions", verb, sub, *flags])
+
+    def ensure_binding(resource: list[str], extra: list[str], role: str, member: str) -> None:
+        policy = gcloud.read([*resource[:-1], "get-iam-policy", resource[-1], *extra])
+        if needs_binding(policy, role, member):
+            gcloud.write(
+                [
+                    *resource[:-1],
+                    "add-iam-policy-binding",
+                    resource[-1],
+                    *extra,
+                    f"--member={member}",
+                    f"--role={role}",
+                ]
+            )
+
+    ensure_binding(
+        ["pubsub", "topics", t.dead_letter_topic], [], "roles/pubsub.publisher", t.pubsub_agent
+    )
+    ensure_binding(
+        ["run", "services", t.service],
+        [region],
+        "roles/run.invoker",
+        f"serviceAccount:{t.trigger_account}",
+    )
+
+    location = f"--location={t.region}"
+    trigger = gcloud.read(["eventarc", "triggers", "describe", t.trigger, location])
+    flags = trigger_flags(trigger, t)
+    if flags:
+        verb = "create" if trigger is None else "update"
+        gcloud.write(["eventarc", "triggers", verb, t.trigger, location, *flags])
+        trigger = gcloud.read(["eventarc", "triggers", "describe", t.trigger, location])
+    subscription = (((trigger or {}).get("transport") or {}).get("pubsub") or {}).get(
+        "subscription"
+    )
+    if not subscription:
+        raise DeployError(f"trigger {t.trigger} names no subscription yet: deploy again")
+
+    observed = gcloud.read(["pubsub", "subscriptions", "describe", subscription])
+    if observed is None:
+        raise DeployError(f"the trigger's subscription {subscription} does not exist")
+    flags = subscription_update_flags(observed, t)
+    if flags:
+        gcloud.write(["pubsub", "subscriptions", "update", subscription, *flags])
+    ensure_binding(
+        ["pubsub", "subscriptions", subscription], [], "roles/pubsub.subscriber", t.pubsub_agent
+    )
+
+    service = gcloud.read(["run", "services", "describe", t.service, region])
+    if service is None:
+        raise DeployError(f"Cloud Run service {t.service} does not exist: deploy it first")
+    updates = env_updates(service, t.service_env)
+    if updates:
+        pairs = ",".join(f"{k}={v}" for k, v in sorted(updates.items()))
+        gcloud.write(["run", "services", "update", t.service, region, f"--update-env-vars={pairs}"])
+    return gcloud.writes
+
+
+def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--project-number", required=True)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--ack-deadline", type=int, default=600, help="seconds")
+    parser.add_argument("--min-retry-delay", type=int, default=10, help="seconds")
+    parser.add_argument("--max-retry-delay", type=int, default=60, help="seconds")
+    parser.add_argument("--max-delivery-attempts", type=int, default=100)
+    parser.add_argument(
+        "--gcloud",
+        default=os.environ.get("DEPLOY_GCLOUD", "gcloud"),
+        help="the gcloud command (a stand-in in tests)",
+    )
+    args = parser.parse_args(argv)
+    target = Target(
+        project=args.project,
+        project_number=args.project_number,
+        region=args.region,
+        service=args.service,
+        ack_deadline_s=args.ack_deadline,
+        min_retry_delay_s=args.min_retry_delay,
+        max_retry_delay_s=args.max_retry_delay,
+        max_delivery_attempts=args.max_delivery_attempts,
+    )
+    return target, shlex.split(args.gcloud)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        target, executable = parse_args(sys.argv[1:] if argv is None else argv)
+        writes = ensure(target, Gcloud(executable, target.project))
+    except DeployError as exc:
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 1
+    print(f"deploy: delivery settings in place ({writes} change(s))", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
