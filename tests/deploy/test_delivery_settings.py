@@ -46,21 +46,23 @@ def _seconds(text: str) -> float:
     return float(text.rstrip("s"))
 
 
-def _subscription_flags() -> dict[str, str]:
-    command = re.search(r"gcloud pubsub subscriptions update (.*?)(?:\n\s*\n|```)", RUNBOOK, re.S)
-    assert command
-    return dict(re.findall(r"--([a-z-]+)=(\S+)", command.group(1)))
-
-
-CONCURRENCY = int(CLOUDBUILD["substitutions"]["_CONCURRENCY"])
+SUBS = {k: str(v) for k, v in CLOUDBUILD["substitutions"].items()}
+CONCURRENCY = int(SUBS["_CONCURRENCY"])
 FLAGS = _deploy_flags()
-SUB = _subscription_flags()
 RULES = Rules(
-    min_retry_s=_seconds(SUB["min-retry-delay"]),
-    max_retry_s=_seconds(SUB["max-retry-delay"]),
-    max_delivery_attempts=int(SUB["max-delivery-attempts"]),
-    ack_deadline_s=float(SUB["ack-deadline"]),
+    min_retry_s=float(SUBS["_MIN_RETRY_DELAY"]),
+    max_retry_s=float(SUBS["_MAX_RETRY_DELAY"]),
+    max_delivery_attempts=int(SUBS["_MAX_DELIVERY_ATTEMPTS"]),
+    ack_deadline_s=float(SUBS["_ACK_DEADLINE"]),
 )
+
+
+def _resolve(text: str) -> str:
+    return re.sub(r"\$\{(_[A-Z0-9_]+)\}", lambda m: SUBS[m.group(1)], text)
+
+
+def _deployed_env() -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in _resolve(FLAGS["set-env-vars"]).split(","))
 
 
 def test_cloud_run_and_the_instance_admit_the_same_number_of_jobs():
@@ -81,8 +83,50 @@ def test_gunicorn_has_threads_for_the_probes_beyond_the_admitted_jobs(monkeypatc
 def test_no_admitted_job_can_wait_past_the_ack_deadline():
     """The last of C admitted jobs answers after C x the longest job: within the request
     timeout, which is within the ack deadline (else the running job is delivered again)."""
-    timeout = _seconds(FLAGS["timeout"])
+    timeout = _seconds(_resolve(FLAGS["timeout"]))
     assert CONCURRENCY * L4_LONGEST_JOB_S <= timeout <= RULES.ack_deadline_s == 600
+    # The service's own start-up check uses the same figure: 50 steps x 2 s + 10 s = 110 s.
+    env = _deployed_env()
+    settings = Settings(
+        **{k[len("INPAINT_") :].lower(): v for k, v in env.items() if k.startswith("INPAINT_")}
+    )
+    longest = settings.max_steps * settings.seconds_per_step + settings.job_overhead_seconds
+    assert longest == L4_LONGEST_JOB_S
+
+
+def test_the_deployed_settings_agree_with_each_other_and_with_the_subscription():
+    """The environment the deploy gives the service passes the service's start-up check
+    (inpaint/config.py ``delivery_contradictions``) and names the subscription's values that
+    the delivery step applies (so that step never has to change the env: no second revision)."""
+    from inpaint.config import delivery_contradictions
+    from tools.deploy import parse_args
+
+    env = _deployed_env()
+    settings = Settings(
+        **{k[len("INPAINT_") :].lower(): v for k, v in env.items() if k.startswith("INPAINT_")}
+    )
+    assert delivery_contradictions(settings) == []
+    assert settings.seconds_per_step is not None, "the job-time check runs in production"
+    assert settings.max_attempts < settings.max_delivery_attempts == RULES.max_delivery_attempts
+    assert settings.ack_deadline_seconds == RULES.ack_deadline_s
+    assert settings.lease_seconds <= settings.ack_deadline_seconds
+
+    (delivery,) = [s for s in CLOUDBUILD["steps"] if s.get("id") == "delivery"]
+    args = [
+        _resolve(a).replace("$PROJECT_ID", "p").replace("$PROJECT_NUMBER", "1")
+        for a in delivery["args"][1:]
+    ]
+    target, _ = parse_args(args)
+    assert (target.ack_deadline_s, target.max_delivery_attempts) == (
+        RULES.ack_deadline_s,
+        RULES.max_delivery_attempts,
+    )
+    assert (target.min_retry_delay_s, target.max_retry_delay_s) == (
+        RULES.min_retry_s,
+        RULES.max_retry_s,
+    )
+    assert {k: env[k] for k in target.service_env} == target.service_env
+    assert target.region == SUBS["_REGION"] and target.service == SUBS["_SERVICE"]
 
 
 @pytest.mark.parametrize("window_min", [1, 10])  # Pub/Sub's push window: assumed, both ways
