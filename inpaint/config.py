@@ -199,8 +199,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Jobs admitted on one instance at once: one on the GPU, the others "
-        "waiting with their inputs decoded. Match Cloud Run's --concurrency; a delivery beyond "
-        "it is answered 503 before it claims anything.",
+        "waiting with their inputs decoded. Cloud Run's --concurrency is 2 more (quick answers); "
+        "a delivery beyond it is answered 503 before it claims anything.",
     )
     ready_wait_seconds: float = Field(
         30.0, ge=0.0, description="How long an event waits for warm-up before a 500."

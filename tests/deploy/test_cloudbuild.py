@@ -397,7 +397,7 @@ def test_deploy_settings():
         "cpu": "8",
         "memory": "32Gi",
         "no-cpu-throttling": None,
-        "concurrency": "4",
+        "concurrency": "6",
         "min-instances": "0",
         "max-instances": "1",
         "no-allow-unauthenticated": None,
