@@ -45,6 +45,144 @@ DELIVERY_ATTEMPTS_RANGE = (5, 100)
 RETRY_DELAY_RANGE = (0, 600)
 
 
+@dataclass(frozen=True)
+class GpuProfile:
+    """What one GPU type needs from the deploy: the instance (Cloud Run's minimum CPU and memory
+    for it, its regions), the torch build its driver runs, the service settings that suit it.
+    Cloud Run's GPU documentation as read 2026-12 (docs/runbook.md, "GPU profiles")."""
+
+    gpu_type: str
+    cpu: int
+    memory_gib: int
+    min_cpu: int
+    min_memory_gib: int
+    regions: tuple[str, ...]  # incl. invitation-only ones
+    driver: str
+    # The image's torch wheel index (Dockerfile TORCH_INDEX_URL): a CUDA build the driver runs.
+    torch_index: str
+    admitted_jobs: int  # INPAINT_MAX_QUEUED_JOBS
+    request_slots: int  # Cloud Run --concurrency: admitted jobs + slots for quick answers
+    seconds_per_step: float  # INPAINT_SECONDS_PER_STEP: estimate at 1 MP, for the start-up check
+    env: tuple[tuple[str, str], ...]  # the model profile (docs/performance.md)
+
+
+GPU_PROFILES: dict[str, GpuProfile] = {
+    # The default. Driver 535 (CUDA 12.2): CUDA 12.x wheels run by minor-version compatibility,
+    # CUDA 13 wheels do not. 24 GB: the Q4_0 GGUF layers (dequantized per step) with CLIP and T5
+    # offloaded to CPU memory (ours-l4-gguf).
+    "nvidia-l4": GpuProfile(
+        gpu_type="nvidia-l4",
+        cpu=8,
+        memory_gib=32,
+        min_cpu=4,
+        min_memory_gib=16,
+        regions=(
+            "us-east4",
+            "us-central1",
+            "europe-west1",
+            "europe-west4",
+            "asia-southeast1",
+            "asia-south1",
+        ),
+        driver="535 (CUDA 12.2)",
+        torch_index="https://download.pytorch.org/whl/cu126",
+        admitted_jobs=4,
+        request_slots=6,
+        seconds_per_step=2.0,
+        env=(("INPAINT_OFFLOAD_TEXT_ENCODERS", "true"),),
+    ),
+    # NVIDIA RTX PRO 6000 Blackwell, 96 GB (sm_120; preview on some of Google's pages). Driver
+    # 580 (CUDA 13.0): PyPI's default torch 2.13 wheel is the CUDA 13.0 build, which has
+    # Blackwell kernels (the cu126 build has none for sm_120). The transformer dequantized to
+    # bf16 once at load (~24 GB), T5 and CLIP on the GPU (~9.7 GB): no per-step dequantization,
+    # no encoder visits. ~0.15-0.3 s per step at 1 MP estimated (docs/runbook.md); 0.5 s is
+    # taken for the start-up bound.
+    "nvidia-rtx-pro-6000": GpuProfile(
+        gpu_type="nvidia-rtx-pro-6000",
+        cpu=20,
+        memory_gib=80,
+        min_cpu=20,
+        min_memory_gib=80,
+        regions=("us-central1", "europe-west4", "asia-southeast1", "asia-south2"),
+        driver="580 (CUDA 13.0)",
+        torch_index="https://pypi.org/simple",
+        admitted_jobs=8,
+        request_slots=10,
+        seconds_per_step=0.5,
+        # The cost field: 20 vCPU and 80 GiB at the us-central1 tier-1 list prices; the GPU's
+        # own per-second price was not found published for Cloud Run: add it once it is.
+        env=(("INPAINT_DEQUANTIZE", "true"), ("INPAINT_PRICE_PER_SECOND", "0.00052")),
+    ),
+}
+DEFAULT_GPU = "nvidia-l4"
+
+
+def run_deploy_argv(
+    profile: GpuProfile,
+    *,
+    service: str,
+    image: str,
+    region: str,
+    project: str,
+    max_instances: str,
+    runtime_service_account: str,
+    bucket: str,
+    ack_deadline: str,
+    max_delivery_attempts: str,
+) -> list[str]:
+    """``gcloud run deploy`` for ``profile`` (the arguments after ``gcloud``). Pure: the values
+    are put in as given, so the tests can pass Cloud Build's ``${_X}`` placeholders."""
+    env = [
+        ("INPAINT_BUCKET", bucket),
+        ("GOOGLE_CLOUD_PROJECT", project),
+        ("INPAINT_MAX_QUEUED_JOBS", str(profile.admitted_jobs)),
+        *profile.env,
+        ("INPAINT_ACK_DEADLINE_SECONDS", ack_deadline),
+        ("INPAINT_MAX_DELIVERY_ATTEMPTS", max_delivery_attempts),
+        ("INPAINT_SECONDS_PER_STEP", f"{profile.seconds_per_step:g}"),
+    ]
+    return [
+        "run",
+        "deploy",
+        service,
+        f"--image={image}",
+        f"--region={region}",
+        "--execution-environment=gen2",
+        "--gpu=1",
+        f"--gpu-type={profile.gpu_type}",
+        "--no-gpu-zonal-redundancy",
+        f"--cpu={profile.cpu}",
+        f"--memory={profile.memory_gib}Gi",
+        "--no-cpu-throttling",
+        f"--concurrency={profile.request_slots}",
+        f"--timeout={ack_deadline}",
+        "--min-instances=0",
+        f"--max-instances={max_instances}",
+        "--port=8080",
+        "--no-allow-unauthenticated",
+        f"--service-account={runtime_service_account}",
+        "--startup-probe=httpGet.path=/ready,initialDelaySeconds=0,periodSeconds=10,"
+        "timeoutSeconds=5,failureThreshold=60",
+        "--liveness-probe=httpGet.path=/health,periodSeconds=30,timeoutSeconds=5,"
+        "failureThreshold=3",
+        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env),
+        "--quiet",
+    ]
+
+
+def profile_for(gpu: str, region: str) -> GpuProfile:
+    """The profile of ``gpu``; refuses an unknown GPU or a region that does not offer it."""
+    if gpu not in GPU_PROFILES:
+        raise DeployError(f"unknown GPU {gpu!r}: choose one of {sorted(GPU_PROFILES)}")
+    profile = GPU_PROFILES[gpu]
+    if region not in profile.regions:
+        raise DeployError(
+            f"{gpu} is not offered by Cloud Run in {region}; its regions: "
+            f"{', '.join(profile.regions)} (set _REGION)"
+        )
+    return profile
+
+
 class DeployError(RuntimeError):
     """Something the deploy cannot fix by itself (a missing account, a trigger on another
     topic): the message says what to do."""
@@ -375,9 +513,58 @@ def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
     return target, shlex.split(args.gcloud)
 
 
+def parse_service_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``service --gpu=G ...``: the ``gcloud run deploy`` arguments of G's profile, and gcloud."""
+    parser = argparse.ArgumentParser(prog="deploy.py service")
+    parser.add_argument(
+        "--gpu", default=DEFAULT_GPU, help="the GPU profile: " + ", ".join(GPU_PROFILES)
+    )
+    for name in (
+        "project",
+        "region",
+        "service",
+        "image",
+        "max-instances",
+        "runtime-service-account",
+        "ack-deadline",
+        "max-delivery-attempts",
+    ):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--bucket", default="")
+    parser.add_argument("--gcloud", default=os.environ.get("DEPLOY_GCLOUD", "gcloud"))
+    args = parser.parse_args(argv)
+    profile = profile_for(args.gpu, args.region)
+    command = run_deploy_argv(
+        profile,
+        service=args.service,
+        image=args.image,
+        region=args.region,
+        project=args.project,
+        max_instances=args.max_instances,
+        runtime_service_account=args.runtime_service_account,
+        bucket=args.bucket,
+        ack_deadline=args.ack_deadline,
+        max_delivery_attempts=args.max_delivery_attempts,
+    )
+    return command, shlex.split(args.gcloud)
+
+
+def deploy_service(argv: list[str]) -> int:
+    command, executable = parse_service_args(argv)
+    print(f"+ gcloud {shlex.join(command)}", flush=True)
+    return subprocess.run([*executable, *command], check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["service"]:
+        try:
+            return deploy_service(argv[1:])
+        except DeployError as exc:
+            print(f"deploy: {exc}", file=sys.stderr)
+            return 1
     try:
-        target, executable = parse_args(sys.argv[1:] if argv is None else argv)
+        target, executable = parse_args(argv)
         writes = ensure(target, Gcloud(executable, target.project))
     except DeployError as exc:
         print(f"deploy: {exc}", file=sys.stderr)

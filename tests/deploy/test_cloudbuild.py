@@ -101,10 +101,28 @@ def key_values(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(","))
 
 
-def deploy_args() -> list[str]:
+def deploy_args(gpu: str | None = None) -> list[str]:
+    """The ``gcloud run deploy`` arguments that the deploy step's ``tools/deploy.py service``
+    runs for ``gpu`` (default: the step's ``_GPU``), with Cloud Build's placeholders in place."""
+    from tools.deploy import GPU_PROFILES, run_deploy_argv
+
     deploy = step("deploy")
-    assert deploy.get("entrypoint") == "gcloud"
-    return deploy["args"]
+    assert deploy.get("entrypoint") == "python3"
+    assert deploy["args"][:2] == ["tools/deploy.py", "service"]
+    values = flag_values(deploy["args"][2:])
+    profile = GPU_PROFILES[gpu or resolve(values["gpu"])]
+    return run_deploy_argv(
+        profile,
+        service=values["service"],
+        image=values["image"],
+        region=values["region"],
+        project=values["project"],
+        max_instances=values["max-instances"],
+        runtime_service_account=values["runtime-service-account"],
+        bucket=values["bucket"],
+        ack_deadline=values["ack-deadline"],
+        max_delivery_attempts=values["max-delivery-attempts"],
+    )
 
 
 def image_repository() -> str:
@@ -500,7 +518,9 @@ def test_probe_keys_are_supported_by_gcloud():
 
 
 def gcloud_steps() -> list[tuple[str, list[str]]]:
-    found = []
+    from tools.deploy import GPU_PROFILES
+
+    found = [(f"deploy ({gpu})", deploy_args(gpu)) for gpu in GPU_PROFILES]
     for s in config()["steps"]:
         if s.get("entrypoint") == "gcloud" or s["name"].endswith("/gcloud"):
             found.append((s["id"], s["args"]))

@@ -26,16 +26,17 @@ from benchmarks.burst_sim import (
     simulate,
 )
 from inpaint.config import Settings
+from tests.deploy.test_cloudbuild import deploy_args
+from tools.deploy import DEFAULT_GPU, GPU_PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDBUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
 RUNBOOK = (ROOT / "docs" / "runbook.md").read_text()
 
 
-def _deploy_flags() -> dict[str, str]:
-    (deploy,) = [s for s in CLOUDBUILD["steps"] if s.get("id") == "deploy"]
+def _deploy_flags(gpu: str = DEFAULT_GPU) -> dict[str, str]:
     flags = {}
-    for arg in deploy["args"]:
+    for arg in deploy_args(gpu):
         if arg.startswith("--"):
             name, _, value = arg[2:].partition("=")
             flags[name] = value
@@ -47,7 +48,8 @@ def _seconds(text: str) -> float:
 
 
 SUBS = {k: str(v) for k, v in CLOUDBUILD["substitutions"].items()}
-CONCURRENCY = int(SUBS["_CONCURRENCY"])
+assert SUBS["_GPU"] == DEFAULT_GPU == "nvidia-l4", "the L4 stays the default"
+CONCURRENCY = GPU_PROFILES[DEFAULT_GPU].admitted_jobs
 FLAGS = _deploy_flags()
 RULES = Rules(
     min_retry_s=float(SUBS["_MIN_RETRY_DELAY"]),
@@ -61,38 +63,41 @@ def _resolve(text: str) -> str:
     return re.sub(r"\$\{(_[A-Z0-9_]+)\}", lambda m: SUBS[m.group(1)], text)
 
 
-def _deployed_env() -> dict[str, str]:
-    return dict(kv.split("=", 1) for kv in _resolve(FLAGS["set-env-vars"]).split(","))
+def _deployed_env(gpu: str = DEFAULT_GPU) -> dict[str, str]:
+    env = _resolve(_deploy_flags(gpu)["set-env-vars"])
+    return dict(kv.split("=", 1) for kv in env.split(","))
 
 
-REQUEST_SLOTS = int(SUBS["_REQUEST_SLOTS"])
+REQUEST_SLOTS = GPU_PROFILES[DEFAULT_GPU].request_slots
 # Cloud Run adds instances when the requests in flight exceed 60 % of --concurrency (its
 # autoscaling documentation; not measured here).
 AUTOSCALER_CONCURRENCY_TARGET = 0.6
 
 
-def test_the_instance_admits_the_jobs_and_cloud_run_sends_more_for_quick_answers():
+@pytest.mark.parametrize("gpu", GPU_PROFILES)
+def test_the_instance_admits_the_jobs_and_cloud_run_sends_more_for_quick_answers(gpu):
     """Quick answers never wait behind GPU jobs: Cloud Run's request slots exceed the jobs the
     instance admits, so a duplicate (503), a refusal or an ignored Firestore event always finds
     a free slot at once; with --concurrency equal to the admitted jobs it would wait ~10 s for
     a 429, be retried, and count toward dead-lettering while long jobs hold every slot."""
-    assert FLAGS["concurrency"] == "${_REQUEST_SLOTS}"
-    env = _deployed_env()
-    assert env["INPAINT_MAX_QUEUED_JOBS"] == str(CONCURRENCY)
-    assert CONCURRENCY > 1  # one GPU, fed without waiting for Pub/Sub's retries
-    quick_slots = REQUEST_SLOTS - CONCURRENCY
-    assert quick_slots >= 2, "slots no long job can hold"
+    admitted, slots = GPU_PROFILES[gpu].admitted_jobs, GPU_PROFILES[gpu].request_slots
+    assert _deploy_flags(gpu)["concurrency"] == str(slots)
+    assert _deployed_env(gpu)["INPAINT_MAX_QUEUED_JOBS"] == str(admitted)
+    assert admitted > 1  # one GPU, fed without waiting for Pub/Sub's retries
+    assert slots - admitted >= 2, "slots no long job can hold"
     # A busy instance (every job slot held) still reads as busy to the autoscaler.
-    assert CONCURRENCY / REQUEST_SLOTS > AUTOSCALER_CONCURRENCY_TARGET
+    assert admitted / slots > AUTOSCALER_CONCURRENCY_TARGET
 
 
-def test_gunicorn_has_threads_for_every_request_slot_and_the_probes(monkeypatch):
+@pytest.mark.parametrize("gpu", GPU_PROFILES)
+def test_gunicorn_has_threads_for_every_request_slot_and_the_probes(monkeypatch, gpu):
+    admitted, slots = GPU_PROFILES[gpu].admitted_jobs, GPU_PROFILES[gpu].request_slots
     monkeypatch.delenv("THREADS", raising=False)
-    monkeypatch.setenv("INPAINT_MAX_QUEUED_JOBS", str(CONCURRENCY))
+    monkeypatch.setenv("INPAINT_MAX_QUEUED_JOBS", str(admitted))
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert conf["threads"] == CONCURRENCY + 4 and conf["workers"] == 1
+    assert conf["threads"] == admitted + 4 and conf["workers"] == 1
     # Cloud Run's startup and liveness probes come on top of the request slots.
-    assert conf["threads"] >= REQUEST_SLOTS + 2
+    assert conf["threads"] >= slots + 2
     assert "THREADS" not in os.environ
 
 
@@ -110,14 +115,15 @@ def test_no_admitted_job_can_wait_past_the_ack_deadline():
     assert longest == L4_LONGEST_JOB_S
 
 
-def test_the_deployed_settings_agree_with_each_other_and_with_the_subscription():
+@pytest.mark.parametrize("gpu", GPU_PROFILES)
+def test_the_deployed_settings_agree_with_each_other_and_with_the_subscription(gpu):
     """The environment the deploy gives the service passes the service's start-up check
     (inpaint/config.py ``delivery_contradictions``) and names the subscription's values that
     the delivery step applies (so that step never has to change the env: no second revision)."""
     from inpaint.config import delivery_contradictions
     from tools.deploy import parse_args
 
-    env = _deployed_env()
+    env = _deployed_env(gpu)
     settings = Settings(
         **{k[len("INPAINT_") :].lower(): v for k, v in env.items() if k.startswith("INPAINT_")}
     )

@@ -7,7 +7,8 @@ job; the function's own writes (claim, a heartbeat/progress write every
 ``min(INPAINT_PROGRESS_INTERVAL_SECONDS, INPAINT_LEASE_SECONDS / 3)`` = 3 s while the job is
 admitted, queue positions, the result) each come back as an event that the service ignores.
 Each is a request that needs a Cloud Run request slot: the deploy keeps slots that long jobs
-cannot hold (``_REQUEST_SLOTS`` > ``_CONCURRENCY``, tests/deploy/test_delivery_settings.py).
+cannot hold (each GPU profile's request slots > its admitted jobs,
+tests/deploy/test_delivery_settings.py).
 
 Here three jobs are queued at once on one server with the production intervals (lease 180 s,
 progress interval 3 s; the tiny model, so the jobs are short): the test records, per job, the
