@@ -480,3 +480,50 @@ def test_pubsub_settings_applied_through_the_real_gcloud_on_the_emulator(tmp_pat
     proc, calls = stand.run()
     assert proc.returncode == 0, proc.stderr
     assert writes(calls) == []
+
+
+def test_the_emulator_forwards_dead_letters_as_the_applied_policy_says(
+    pubsub_emulator, monkeypatch
+):
+    """What the emulator supports beyond storing the policy: after ``max_delivery_attempts``
+    failed deliveries it forwards the message to the dead-letter topic, with Pub/Sub's
+    attributes, where a pull subscription keeps it. (A pull subscription nacked at once stands
+    in for the failing pushes; the emulator does not check the Pub/Sub agent's IAM roles, which
+    production needs and the deploy grants.)"""
+    from google.cloud import pubsub_v1
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host("pubsub"))
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    project = "my-project"
+    topic, dead = (publisher.topic_path(project, n) for n in ("dl-src", "dl-dst"))
+    for name in (topic, dead):
+        publisher.create_topic(name=name, timeout=30)
+    source, kept = (subscriber.subscription_path(project, n) for n in ("dl-src-sub", "dl-dst-sub"))
+    subscriber.create_subscription(request={"name": kept, "topic": dead}, timeout=30)
+    subscriber.create_subscription(
+        request={
+            "name": source,
+            "topic": topic,
+            "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5},
+        },
+        timeout=30,
+    )
+    publisher.publish(topic, b'{"userId":"u","sessionId":"s"}').result(timeout=30)
+    attempts = []
+    for _ in range(7):
+        pulled = subscriber.pull(request={"subscription": source, "max_messages": 1}, timeout=10)
+        for received in pulled.received_messages:
+            attempts.append(received.delivery_attempt)
+            subscriber.modify_ack_deadline(
+                request={
+                    "subscription": source,
+                    "ack_ids": [received.ack_id],
+                    "ack_deadline_seconds": 0,
+                }
+            )
+    assert attempts == [1, 2, 3, 4, 5]
+    pulled = subscriber.pull(request={"subscription": kept, "max_messages": 1}, timeout=10)
+    (letter,) = pulled.received_messages
+    assert letter.message.data == b'{"userId":"u","sessionId":"s"}'
+    assert letter.message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert letter.message.attributes["CloudPubSubDeadLetterSourceSubscription"] == "dl-src-sub"
