@@ -341,6 +341,17 @@ def delivery_contradictions(s: Settings) -> list[str]:
             f"INPAINT_ACK_DEADLINE_SECONDS={s.ack_deadline_seconds}: the redelivery of a job "
             "whose instance died would find its lease still held"
         )
+    # The heartbeat renews the lease every min(progress interval, lease / 3) (inpaint/jobs.py);
+    # one renewal may retry its write for up to the I/O deadline.
+    heartbeat = max(0.2, min(s.progress_interval_seconds, s.lease_seconds / 3))
+    if heartbeat + s.io_deadline_seconds >= s.lease_seconds:
+        problems.append(
+            f"INPAINT_LEASE_SECONDS={s.lease_seconds:g} must exceed the heartbeat interval "
+            f"({heartbeat:g} s, from INPAINT_PROGRESS_INTERVAL_SECONDS="
+            f"{s.progress_interval_seconds:g}) + INPAINT_IO_DEADLINE_SECONDS="
+            f"{s.io_deadline_seconds:g}: a renewal still retrying would let a running job's "
+            "lease expire"
+        )
     if s.seconds_per_step is not None:
         longest = s.max_steps * s.seconds_per_step + s.job_overhead_seconds
         if s.max_queued_jobs * longest > s.ack_deadline_seconds:

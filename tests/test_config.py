@@ -134,6 +134,17 @@ def test_a_prompt_limit_below_the_default_prompt_is_refused_at_start_up():
             {"seconds_per_step": 2.0, "job_overhead_seconds": 60.0},  # 4 x 160 s
             [("INPAINT_JOB_OVERHEAD_SECONDS=60", "INPAINT_MAX_QUEUED_JOBS=4")],
         ),
+        # The heartbeat (every min(3 s, lease / 3)) plus one write's I/O deadline within the lease.
+        ({"lease_seconds": 64}, []),  # 3 + 60 < 64
+        (
+            {"lease_seconds": 63},
+            [("INPAINT_LEASE_SECONDS=63", "INPAINT_IO_DEADLINE_SECONDS=60")],
+        ),
+        (
+            {"lease_seconds": 4, "io_deadline_seconds": 4, "progress_interval_seconds": 0.2},
+            [("INPAINT_LEASE_SECONDS=4", "INPAINT_IO_DEADLINE_SECONDS=4")],
+        ),
+        ({"lease_seconds": 4, "io_deadline_seconds": 1.5, "progress_interval_seconds": 0.2}, []),
         # Unknown step time (development, tests): only that check is skipped.
         ({"max_queued_jobs": 64, "max_steps": 200}, []),
         (
