@@ -376,7 +376,17 @@ def env_updates(service: dict, wanted: dict[str, str]) -> dict[str, str]:
 
 # --- gcloud -----------------------------------------------------------------------------------
 
-_NOT_FOUND = re.compile(r"NOT_FOUND|not found|does not exist", re.I)
+# How gcloud says that a resource does not exist (Pub/Sub, Eventarc and IAM answer NOT_FOUND;
+# `run services describe` says "Cannot find service"). A refusal is never taken for absence
+# ("Permission ... denied on resource (or it may not exist)").
+_NOT_FOUND = re.compile(r"NOT_FOUND|Cannot find service|was not found")
+
+
+def is_missing(stderr: str) -> bool:
+    """True when a failed ``describe``/``get-iam-policy`` said the resource does not exist."""
+    if re.search(r"PERMISSION_DENIED|Permission .* denied|UNAUTHENTICATED", stderr):
+        return False
+    return bool(_NOT_FOUND.search(stderr))
 
 
 @dataclass
@@ -395,7 +405,7 @@ class Gcloud:
     def read(self, args: list[str]) -> dict | None:
         proc = self._run([*args, "--format=json"])
         if proc.returncode != 0:
-            if _NOT_FOUND.search(proc.stderr):
+            if is_missing(proc.stderr):
                 return None
             raise DeployError(f"gcloud {shlex.join(args)} failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout or "null") or {}

@@ -211,6 +211,32 @@ def test_env_updates(env, expected):
 
 
 @pytest.mark.parametrize(
+    ("stderr", "missing"),
+    [
+        (
+            "ERROR: (gcloud.pubsub.topics.describe) NOT_FOUND: Resource not found (resource=t).",
+            True,
+        ),
+        ("ERROR: (gcloud.eventarc.triggers.describe) NOT_FOUND: Resource 'x' was not found", True),
+        ("ERROR: (gcloud.iam.service-accounts.describe) NOT_FOUND: Unknown service account", True),
+        ("ERROR: (gcloud.run.services.describe) Cannot find service [svc]", True),
+        (
+            "ERROR: (gcloud.iam.service-accounts.describe) PERMISSION_DENIED: Permission "
+            "'iam.serviceAccounts.get' denied on resource (or it may not exist).",
+            False,
+        ),
+        ("ERROR: (gcloud.eventarc.triggers.describe) Permission 'x' denied on 'y'", False),
+        ("ERROR: (gcloud.pubsub.topics.describe) UNAUTHENTICATED: no credentials", False),
+        ("ERROR: (gcloud.run.services.describe) 503 Service Unavailable", False),
+    ],
+)
+def test_only_absence_is_taken_for_a_missing_resource(stderr, missing):
+    from tools.deploy import is_missing
+
+    assert is_missing(stderr) is missing
+
+
+@pytest.mark.parametrize(
     ("text", "expected"), [("10s", 10.0), ("10.500s", 10.5), (None, None), ("", None), (60, 60.0)]
 )
 def test_seconds(text, expected):
