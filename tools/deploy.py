@@ -17,6 +17,7 @@ a second run writes nothing. In order:
 7. the trigger's own subscription, named by the trigger: ack deadline, retry policy, dead-letter
    policy (Eventarc creates it with its defaults and takes none of these);
 8. the Pub/Sub service agent may pull from it (to forward dead letters);
+   (6-8 also for the optional Firestore document trigger, with ``--firestore-trigger-location``);
 9. the service's environment that must agree with 7: ``INPAINT_ACK_DEADLINE_SECONDS`` and
    ``INPAINT_MAX_DELIVERY_ATTEMPTS`` (the service checks its own limits against them at start).
 
@@ -200,6 +201,11 @@ class Target:
     dead_letter_topic: str = "session-processing-dead-letter"
     dead_letter_subscription: str = "session-processing-dead-letter-sub"
     trigger: str = "session-processing-to-inpaint"
+    # The optional Firestore document trigger (off: None): its location is the (default)
+    # database's (e.g. nam5). Its account needs roles/eventarc.eventReceiver on the project,
+    # granted once (docs/runbook.md 1.4): the deploy does not hold project-IAM rights.
+    firestore_trigger_location: str | None = None
+    firestore_trigger: str = "session-written-to-inpaint"
     trigger_account_name: str = "inpaint-eventarc"
     ack_deadline_s: int = 600
     min_retry_delay_s: int = 10
@@ -366,6 +372,50 @@ def trigger_flags(observed: dict | None, target: Target) -> list[str]:
     return flags
 
 
+FIRESTORE_EVENT_TYPE = "google.cloud.firestore.document.v1.written"
+SESSION_DOCUMENTS = "users/{userId}/sessions/{sessionId}"
+
+
+def firestore_trigger_flags(observed: dict | None, target: Target) -> list[str]:
+    """Create (observed None) or update flags for the optional Firestore trigger: every write
+    of a session document, as protobuf events, to the service."""
+    destination = [
+        f"--destination-run-service={target.service}",
+        f"--destination-run-region={target.region}",
+        "--destination-run-path=/",
+    ]
+    filters = f"--event-filters=type={FIRESTORE_EVENT_TYPE},database=(default)"
+    pattern = f"--event-filters-path-pattern=document={SESSION_DOCUMENTS}"
+    content = "--event-data-content-type=application/protobuf"
+    account = f"--service-account={target.trigger_account}"
+    if observed is None:
+        return [*destination, filters, pattern, content, account]
+    flags = []
+    run = (observed.get("destination") or {}).get("cloudRun") or {}
+    if (run.get("service"), run.get("region"), run.get("path")) != (
+        target.service,
+        target.region,
+        "/",
+    ):
+        flags += destination
+    wanted = {
+        ("type", FIRESTORE_EVENT_TYPE, None),
+        ("database", "(default)", None),
+        ("document", SESSION_DOCUMENTS, "match-path-pattern"),
+    }
+    seen = {
+        (f.get("attribute"), f.get("value"), f.get("operator"))
+        for f in observed.get("eventFilters") or []
+    }
+    if seen != wanted:
+        flags += [filters, pattern]
+    if observed.get("eventDataContentType") != "application/protobuf":
+        flags.append(content)
+    if observed.get("serviceAccount") != target.trigger_account:
+        flags.append(account)
+    return flags
+
+
 def env_updates(service: dict, wanted: dict[str, str]) -> dict[str, str]:
     """The variables of ``wanted`` that the deployed service (``run services describe``) lacks
     or holds with another value."""
@@ -461,28 +511,37 @@ def ensure(target: Target, gcloud: Gcloud) -> int:
         f"serviceAccount:{t.trigger_account}",
     )
 
-    location = f"--location={t.region}"
-    trigger = gcloud.read(["eventarc", "triggers", "describe", t.trigger, location])
-    flags = trigger_flags(trigger, t)
-    if flags:
-        verb = "create" if trigger is None else "update"
-        gcloud.write(["eventarc", "triggers", verb, t.trigger, location, *flags])
-        trigger = gcloud.read(["eventarc", "triggers", "describe", t.trigger, location])
-    subscription = (((trigger or {}).get("transport") or {}).get("pubsub") or {}).get(
-        "subscription"
-    )
-    if not subscription:
-        raise DeployError(f"trigger {t.trigger} names no subscription yet: deploy again")
+    triggers = [(t.trigger, t.region, trigger_flags)]
+    if t.firestore_trigger_location:
+        triggers.append(
+            (t.firestore_trigger, t.firestore_trigger_location, firestore_trigger_flags)
+        )
+    for name, where, decide in triggers:
+        location = f"--location={where}"
+        trigger = gcloud.read(["eventarc", "triggers", "describe", name, location])
+        flags = decide(trigger, t)
+        if flags:
+            verb = "create" if trigger is None else "update"
+            gcloud.write(["eventarc", "triggers", verb, name, location, *flags])
+            trigger = gcloud.read(["eventarc", "triggers", "describe", name, location])
+        subscription = (((trigger or {}).get("transport") or {}).get("pubsub") or {}).get(
+            "subscription"
+        )
+        if not subscription:
+            raise DeployError(f"trigger {name} names no subscription yet: deploy again")
 
-    observed = gcloud.read(["pubsub", "subscriptions", "describe", subscription])
-    if observed is None:
-        raise DeployError(f"the trigger's subscription {subscription} does not exist")
-    flags = subscription_update_flags(observed, t)
-    if flags:
-        gcloud.write(["pubsub", "subscriptions", "update", subscription, *flags])
-    ensure_binding(
-        ["pubsub", "subscriptions", subscription], [], "roles/pubsub.subscriber", t.pubsub_agent
-    )
+        observed = gcloud.read(["pubsub", "subscriptions", "describe", subscription])
+        if observed is None:
+            raise DeployError(f"the trigger's subscription {subscription} does not exist")
+        flags = subscription_update_flags(observed, t)
+        if flags:
+            gcloud.write(["pubsub", "subscriptions", "update", subscription, *flags])
+        ensure_binding(
+            ["pubsub", "subscriptions", subscription],
+            [],
+            "roles/pubsub.subscriber",
+            t.pubsub_agent,
+        )
 
     service = gcloud.read(["run", "services", "describe", t.service, region])
     if service is None:
@@ -505,6 +564,11 @@ def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
     parser.add_argument("--max-retry-delay", type=int, default=60, help="seconds")
     parser.add_argument("--max-delivery-attempts", type=int, default=100)
     parser.add_argument(
+        "--firestore-trigger-location",
+        default="",
+        help="the (default) database's location: also ensure the optional Firestore trigger",
+    )
+    parser.add_argument(
         "--gcloud",
         default=os.environ.get("DEPLOY_GCLOUD", "gcloud"),
         help="the gcloud command (a stand-in in tests)",
@@ -519,6 +583,7 @@ def parse_args(argv: list[str]) -> tuple[Target, list[str]]:
         min_retry_delay_s=args.min_retry_delay,
         max_retry_delay_s=args.max_retry_delay,
         max_delivery_attempts=args.max_delivery_attempts,
+        firestore_trigger_location=args.firestore_trigger_location or None,
     )
     return target, shlex.split(args.gcloud)
 

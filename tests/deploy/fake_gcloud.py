@@ -145,13 +145,39 @@ def main(argv: list[str]) -> int:
                 }
             }
         if "event-filters" in opts:
-            attribute, _, value = opts["event-filters"].partition("=")
-            trigger["eventFilters"] = [{"attribute": attribute, "value": value}]
+            trigger["eventFilters"] = [
+                {"attribute": attribute, "value": value}
+                for attribute, _, value in (
+                    p.partition("=") for p in opts["event-filters"].split(",")
+                )
+            ]
+        if "event-filters-path-pattern" in opts:
+            attribute, _, value = opts["event-filters-path-pattern"].partition("=")
+            trigger["eventFilters"].append(
+                {"attribute": attribute, "value": value, "operator": "match-path-pattern"}
+            )
+        if "event-data-content-type" in opts:
+            trigger["eventDataContentType"] = opts["event-data-content-type"]
         if "service-account" in opts:
             trigger["serviceAccount"] = opts["service-account"]
         if verb == "create":
             sub = f"eventarc-{opts['location']}-{name}-sub-001"
-            topic = opts["transport-topic"]
+            topic = opts.get("transport-topic")
+            if topic is None:  # a Firestore trigger: Eventarc makes its own topic
+                topic = f"projects/{project}/topics/eventarc-{opts['location']}-{name}-001"
+                if real:
+                    rc = real_gcloud(
+                        [
+                            "pubsub",
+                            "topics",
+                            "create",
+                            short(topic),
+                            f"--project={project}",
+                            "--quiet",
+                        ]
+                    )
+                    if rc:
+                        return rc
             path = f"projects/{project}/subscriptions/{sub}"
             trigger["transport"] = {"pubsub": {"topic": topic, "subscription": path}}
             if real:  # the push subscription Eventarc makes, with gcloud's (= its) defaults

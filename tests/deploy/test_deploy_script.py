@@ -434,10 +434,78 @@ def test_a_missing_trigger_account_stops_the_deploy_before_any_write(tmp_path):
     assert "runbook" in proc.stderr and writes(calls) == []
 
 
+FS_SUB = "projects/my-project/subscriptions/eventarc-nam5-session-written-to-inpaint-sub-001"
+FS_CREATE = [
+    "eventarc", "triggers", "create", "session-written-to-inpaint", "--location=nam5", *DEST,
+    "--event-filters=type=google.cloud.firestore.document.v1.written,database=(default)",
+    "--event-filters-path-pattern=document=users/{userId}/sessions/{sessionId}",
+    "--event-data-content-type=application/protobuf",
+    f"--service-account={TRIGGER_SA}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        (None, FS_CREATE[5:]),
+        (
+            {
+                "destination": GOOD_TRIGGER["destination"],
+                "eventFilters": [
+                    {"attribute": "database", "value": "(default)"},
+                    {"attribute": "type", "value": "google.cloud.firestore.document.v1.written"},
+                    {
+                        "attribute": "document",
+                        "value": "users/{userId}/sessions/{sessionId}",
+                        "operator": "match-path-pattern",
+                    },
+                ],
+                "eventDataContentType": "application/protobuf",
+                "serviceAccount": TRIGGER_SA,
+            },
+            [],
+        ),
+        (
+            {
+                "destination": GOOD_TRIGGER["destination"],
+                "eventFilters": [
+                    {"attribute": "type", "value": "google.cloud.firestore.document.v1.written"}
+                ],
+                "eventDataContentType": "application/json",
+                "serviceAccount": TRIGGER_SA,
+            },
+            [FS_CREATE[8], FS_CREATE[9], FS_CREATE[10]],
+        ),
+    ],
+)
+def test_firestore_trigger_flags(observed, expected):
+    from tools.deploy import firestore_trigger_flags
+
+    assert firestore_trigger_flags(observed, T) == expected
+
+
+def test_the_optional_firestore_trigger_gets_the_same_subscription_settings(tmp_path):
+    """With ``--firestore-trigger-location`` the deploy also ensures the Firestore document
+    trigger and gives its subscription the same ack deadline, retries and dead letters."""
+    stand = Stand(tmp_path)
+    proc, calls = stand.run("--firestore-trigger-location=nam5")
+    assert proc.returncode == 0, proc.stderr
+    update, binding = FIRST_RUN[6][4:], FIRST_RUN[7][4:]
+    assert writes(calls) == [
+        *FIRST_RUN[:8],
+        FS_CREATE,
+        ["pubsub", "subscriptions", "update", FS_SUB, *update],
+        ["pubsub", "subscriptions", "add-iam-policy-binding", FS_SUB, *binding],
+        FIRST_RUN[8],
+    ]
+    proc, calls = stand.run("--firestore-trigger-location=nam5")
+    assert proc.returncode == 0 and writes(calls) == [], proc.stderr
+
+
 @needs_gcloud
 def test_every_command_the_deploy_sends_exists_in_gcloud(tmp_path):
     stand = Stand(tmp_path)
-    assert stand.run()[0].returncode == 0
+    assert stand.run("--firestore-trigger-location=nam5")[0].returncode == 0
     commands = {tuple(c) for c in stand.calls()}
     assert len(commands) >= 15
     problems = []
