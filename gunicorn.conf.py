@@ -14,8 +14,9 @@ import os
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = 1
 worker_class = "gthread"
-# Four more threads than admitted jobs (INPAINT_MAX_QUEUED_JOBS, Cloud Run's --concurrency):
-# probes and quickly refused duplicates always find a free thread while every job slot is busy.
+# Four more threads than admitted jobs (INPAINT_MAX_QUEUED_JOBS): Cloud Run's --concurrency is
+# the admitted jobs + 2 (quick answers never wait behind GPU jobs, docs/delivery.md), and the two
+# probes come on top, so every request slot and /health and /ready always find a free thread.
 threads = int(os.environ.get("THREADS") or int(os.environ.get("INPAINT_MAX_QUEUED_JOBS", "4")) + 4)
 preload_app = False
 timeout = 0

@@ -255,6 +255,13 @@ def prime(ctx: Context) -> float:
     return time.perf_counter() - started
 
 
+def _dynamo_graphs() -> int:
+    """Graphs torch.compile has built in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def run_job(ctx: Context, model: Any, image: Any, mask: Any, steps: int) -> tuple[float, Any]:
     from inpaint.types import GenerationParams
 
@@ -291,9 +298,13 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     _sync(ctx.cuda)
     warmup_s = time.perf_counter() - started
 
+    graphs_before = _dynamo_graphs()
     with instrumented(model.pipe, ctx.timer):
         first_job_s, _ = run_job(ctx, model, ctx.image, ctx.mask, args.steps)
         ctx.timer.collect()
+        # Graphs compiled by the first job (its size differs from the warm-up's): 0 when the
+        # warm-up left a compiled model ready for any size (issue 28).
+        first_job_graphs = _dynamo_graphs() - graphs_before
         load_peak, load_reserved = peak_memory(ctx.cuda)  # load, warm-up, first job
         reset_peak_memory(ctx.cuda)  # from here: the steady-state job peak
         jobs, steps, texts, vae_enc, vae_dec, out = [], [], [], [], [], None
@@ -340,6 +351,18 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
         "page_cache_evicted": evicted,
         "load_s": load_s,
         "warmup_s": warmup_s,
+        # Each warm-up inference: with compile on, the first includes the compile and the
+        # second (another size) the dynamic-shape recompile.
+        "warmup_inferences": [
+            {"size": list(size), "s": round(seconds, 3)} for size, seconds in model.warmup_seconds
+        ],
+        "compile_s": model.warmup_seconds[0][1]
+        if model.compiled and model.warmup_seconds
+        else None,
+        "recompile_s": (
+            model.warmup_seconds[1][1] if model.compiled and len(model.warmup_seconds) > 1 else None
+        ),
+        "first_job_new_graphs": first_job_graphs,
         "cold_start_s": load_s + warmup_s,
         "first_job_s": first_job_s,
         "job_s": _median(jobs),

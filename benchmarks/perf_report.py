@@ -42,7 +42,10 @@ def format_table(report: Mapping[str, Any]) -> str:
         ("cold start: load + warm-up (s)", "cold_start_s", "s"),
         ("  load from disk (s)", "load_s", "s"),
         ("  warm-up (s)", "warmup_s", "s"),
+        ("    compile: 1st warm-up inference (s)", "compile_s", "s"),
+        ("    recompile: 2nd size, dynamic (s)", "recompile_s", "s"),
         ("first job at size (s)", "first_job_s", "s"),
+        ("  graphs it compiled (0: none)", "first_job_new_graphs", "px"),
         (f"warm job, median of {meta['repeats']} (s)", "job_s", "s"),
         (f"  speed-up vs {ref}", "speedup_job", "x"),
         ("transformer step (s)", "step_s", "s"),
@@ -57,7 +60,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         (f"  within tolerance ({meta['tolerance']})", "within_tolerance", "s"),
     ]
     if cuda:
-        rows.insert(13, ("  reserved (GiB)", "peak_mem_reserved_bytes", "gib"))
+        rows.insert(16, ("  reserved (GiB)", "peak_mem_reserved_bytes", "gib"))
     ratio_rows = [
         (f"ratio job ours/{ref}", "job_s"),
         ("ratio step", "step_s"),

@@ -207,8 +207,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Jobs admitted on one instance at once: one on the GPU, the others "
-        "waiting with their inputs decoded. Match Cloud Run's --concurrency; a delivery beyond "
-        "it is answered 503 before it claims anything.",
+        "waiting with their inputs decoded. Cloud Run's --concurrency is 2 more (quick answers); "
+        "a delivery beyond it is answered 503 before it claims anything.",
     )
     ready_wait_seconds: float = Field(
         30.0, ge=0.0, description="How long an event waits for warm-up before a 500."
@@ -254,6 +254,47 @@ class Settings(BaseSettings):
         "changes; approximate, changes the output). 0 turns it off.",
     )
 
+    # --- delivery contract (issue 28) -------------------------------------------------------
+    # Set by the deploy (cloudbuild.yaml, tools/deploy.py) from the same values it gives the
+    # trigger's subscription, and checked against the settings above by ``_check_delivery``.
+    ack_deadline_seconds: int = Field(
+        600,
+        ge=10,
+        le=600,
+        description="Ack deadline of the trigger's subscription (set by the deploy; also Cloud "
+        "Run's request timeout): a push unanswered by then is delivered again.",
+    )
+    max_delivery_attempts: int = Field(
+        100,
+        ge=5,
+        le=100,
+        description="The subscription's delivery attempts before a message is dead-lettered "
+        "(set by the deploy). Every refused push (429, 503) counts.",
+    )
+    seconds_per_step: float | None = Field(
+        None,
+        gt=0.0,
+        description="Estimated seconds of one denoising step at INPAINT_WORK_MEGAPIXELS on the "
+        "deployed GPU profile (set by the deploy). With it, the start-up check bounds the "
+        "longest job (INPAINT_MAX_STEPS steps + INPAINT_JOB_OVERHEAD_SECONDS) times "
+        "INPAINT_MAX_QUEUED_JOBS by the ack deadline; unset: that check is skipped.",
+    )
+    job_overhead_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        description="A job's time outside the denoising steps (download, decode, VAE, upload), "
+        "for the start-up check with INPAINT_SECONDS_PER_STEP.",
+    )
+
+    @model_validator(mode="after")
+    def _check_delivery(self) -> Settings:
+        problems = delivery_contradictions(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- end of the delivery contract -------------------------------------------------------
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.steps > self.max_steps:
@@ -289,6 +330,48 @@ class Settings(BaseSettings):
         if self.bucket:
             return self.bucket
         return f"{self.project_id}.firebasestorage.app" if self.project_id else None
+
+
+def delivery_contradictions(s: Settings) -> list[str]:
+    """The delivery settings that contradict each other, each message naming both sides
+    (empty: they agree). Pure: table-driven in tests/test_config.py, and applied to the
+    deployed values in tests/deploy/test_delivery_settings.py."""
+    problems = []
+    if s.max_attempts >= s.max_delivery_attempts:
+        problems.append(
+            f"INPAINT_MAX_ATTEMPTS={s.max_attempts} must be below "
+            f"INPAINT_MAX_DELIVERY_ATTEMPTS={s.max_delivery_attempts}: Pub/Sub would dead-letter "
+            "a failing job before the service records its failure on the session"
+        )
+    if s.lease_seconds > s.ack_deadline_seconds:
+        problems.append(
+            f"INPAINT_LEASE_SECONDS={s.lease_seconds:g} exceeds "
+            f"INPAINT_ACK_DEADLINE_SECONDS={s.ack_deadline_seconds}: the redelivery of a job "
+            "whose instance died would find its lease still held"
+        )
+    # The heartbeat renews the lease every min(progress interval, lease / 3) (inpaint/jobs.py);
+    # one renewal may retry its write for up to the I/O deadline.
+    heartbeat = max(0.2, min(s.progress_interval_seconds, s.lease_seconds / 3))
+    if heartbeat + s.io_deadline_seconds >= s.lease_seconds:
+        problems.append(
+            f"INPAINT_LEASE_SECONDS={s.lease_seconds:g} must exceed the heartbeat interval "
+            f"({heartbeat:g} s, from INPAINT_PROGRESS_INTERVAL_SECONDS="
+            f"{s.progress_interval_seconds:g}) + INPAINT_IO_DEADLINE_SECONDS="
+            f"{s.io_deadline_seconds:g}: a renewal still retrying would let a running job's "
+            "lease expire"
+        )
+    if s.seconds_per_step is not None:
+        longest = s.max_steps * s.seconds_per_step + s.job_overhead_seconds
+        if s.max_queued_jobs * longest > s.ack_deadline_seconds:
+            problems.append(
+                f"INPAINT_MAX_QUEUED_JOBS={s.max_queued_jobs} x the longest job "
+                f"({longest:g} s: INPAINT_MAX_STEPS={s.max_steps} x "
+                f"INPAINT_SECONDS_PER_STEP={s.seconds_per_step:g} + "
+                f"INPAINT_JOB_OVERHEAD_SECONDS={s.job_overhead_seconds:g}) exceeds "
+                f"INPAINT_ACK_DEADLINE_SECONDS={s.ack_deadline_seconds}: the last admitted job "
+                "would be delivered again while it waits for the GPU"
+            )
+    return problems
 
 
 @lru_cache(maxsize=1)

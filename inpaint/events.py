@@ -32,7 +32,10 @@ FIRESTORE_PREFIX = "google.cloud.firestore.document.v1."
 FIRESTORE_STARTING_TYPES = frozenset({FIRESTORE_PREFIX + "created", FIRESTORE_PREFIX + "written"})
 FIRESTORE_OTHER_TYPES = frozenset({FIRESTORE_PREFIX + "updated", FIRESTORE_PREFIX + "deleted"})
 
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# The one definition of the user and session IDs the function processes; firestore.rules
+# refuses every other ID with the same pattern (tests/e2e/test_firestore_rules.py compares them).
+ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"
+_ID_RE = re.compile(ID_PATTERN)
 _DOC_RE = re.compile(r"(?:^|/documents/)users/([^/]+)/sessions/([^/]+)$")
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _MAX_ID_ECHO = 40

@@ -88,3 +88,93 @@ def test_a_prompt_limit_below_the_default_prompt_is_refused_at_start_up():
         Settings(max_prompt_chars=50)
     assert Settings(max_prompt_chars=len(DEFAULT_PROMPT)).max_prompt_chars == len(DEFAULT_PROMPT)
     assert Settings(max_prompt_chars=20, default_prompt="a cat").default_prompt == "a cat"
+
+
+# --- the delivery contract (issue 28): settings checked against each other ---------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({}, []),
+        ({"max_attempts": 99}, []),
+        (
+            {"max_attempts": 100},
+            [("INPAINT_MAX_ATTEMPTS=100", "INPAINT_MAX_DELIVERY_ATTEMPTS=100")],
+        ),
+        (
+            {"max_attempts": 10, "max_delivery_attempts": 10},
+            [("INPAINT_MAX_ATTEMPTS=10", "INPAINT_MAX_DELIVERY_ATTEMPTS=10")],
+        ),
+        ({"lease_seconds": 600}, []),
+        (
+            {"lease_seconds": 601},
+            [("INPAINT_LEASE_SECONDS=601", "INPAINT_ACK_DEADLINE_SECONDS=600")],
+        ),
+        (
+            {"lease_seconds": 180, "ack_deadline_seconds": 120},
+            [("INPAINT_LEASE_SECONDS=180", "INPAINT_ACK_DEADLINE_SECONDS=120")],
+        ),
+        # The deployed L4 profile: 4 x (50 x 2 s + 10 s) = 440 s <= 600 s.
+        ({"seconds_per_step": 2.0}, []),
+        ({"seconds_per_step": 2.0, "max_queued_jobs": 5}, []),  # 550 s
+        (
+            {"seconds_per_step": 2.0, "max_queued_jobs": 6},  # 660 s
+            [("INPAINT_MAX_QUEUED_JOBS=6", "INPAINT_ACK_DEADLINE_SECONDS=600")],
+        ),
+        (
+            {"seconds_per_step": 2.0, "max_steps": 100},  # 4 x 210 s
+            [("INPAINT_MAX_STEPS=100", "INPAINT_ACK_DEADLINE_SECONDS=600")],
+        ),
+        (
+            {"seconds_per_step": 2.0, "ack_deadline_seconds": 300},
+            [("INPAINT_SECONDS_PER_STEP=2", "INPAINT_ACK_DEADLINE_SECONDS=300")],
+        ),
+        (
+            {"seconds_per_step": 2.0, "job_overhead_seconds": 60.0},  # 4 x 160 s
+            [("INPAINT_JOB_OVERHEAD_SECONDS=60", "INPAINT_MAX_QUEUED_JOBS=4")],
+        ),
+        # The heartbeat (every min(3 s, lease / 3)) plus one write's I/O deadline within the lease.
+        ({"lease_seconds": 64}, []),  # 3 + 60 < 64
+        (
+            {"lease_seconds": 63},
+            [("INPAINT_LEASE_SECONDS=63", "INPAINT_IO_DEADLINE_SECONDS=60")],
+        ),
+        (
+            {"lease_seconds": 4, "io_deadline_seconds": 4, "progress_interval_seconds": 0.2},
+            [("INPAINT_LEASE_SECONDS=4", "INPAINT_IO_DEADLINE_SECONDS=4")],
+        ),
+        ({"lease_seconds": 4, "io_deadline_seconds": 1.5, "progress_interval_seconds": 0.2}, []),
+        # Unknown step time (development, tests): only that check is skipped.
+        ({"max_queued_jobs": 64, "max_steps": 200}, []),
+        (
+            {"max_attempts": 100, "lease_seconds": 700},
+            [
+                ("INPAINT_MAX_ATTEMPTS=100", "INPAINT_MAX_DELIVERY_ATTEMPTS=100"),
+                ("INPAINT_LEASE_SECONDS=700", "INPAINT_ACK_DEADLINE_SECONDS=600"),
+            ],
+        ),
+    ],
+)
+def test_delivery_settings_are_checked_against_each_other(values, named):
+    from inpaint.config import delivery_contradictions
+
+    settings = Settings.model_construct(**(Settings().model_dump() | values))
+    problems = delivery_contradictions(settings)
+    assert len(problems) == len(named), problems
+    for problem, (first, second) in zip(problems, named, strict=True):
+        assert first in problem and second in problem, problem
+    if named:
+        with pytest.raises(ValidationError, match=named[0][0]):
+            Settings(**values)
+    else:
+        Settings(**values)
+
+
+def test_a_contradiction_in_the_environment_fails_at_start_naming_both_settings(monkeypatch):
+    monkeypatch.setenv("INPAINT_MAX_ATTEMPTS", "20")
+    monkeypatch.setenv("INPAINT_MAX_DELIVERY_ATTEMPTS", "20")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert "INPAINT_MAX_ATTEMPTS=20" in str(raised.value)
+    assert "INPAINT_MAX_DELIVERY_ATTEMPTS=20" in str(raised.value)

@@ -101,10 +101,28 @@ def key_values(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(","))
 
 
-def deploy_args() -> list[str]:
+def deploy_args(gpu: str | None = None) -> list[str]:
+    """The ``gcloud run deploy`` arguments that the deploy step's ``tools/deploy.py service``
+    runs for ``gpu`` (default: the step's ``_GPU``), with Cloud Build's placeholders in place."""
+    from tools.deploy import GPU_PROFILES, run_deploy_argv
+
     deploy = step("deploy")
-    assert deploy.get("entrypoint") == "gcloud"
-    return deploy["args"]
+    assert deploy.get("entrypoint") == "python3"
+    assert deploy["args"][:2] == ["tools/deploy.py", "service"]
+    values = flag_values(deploy["args"][2:])
+    profile = GPU_PROFILES[gpu or resolve(values["gpu"])]
+    return run_deploy_argv(
+        profile,
+        service=values["service"],
+        image=values["image"],
+        region=values["region"],
+        project=values["project"],
+        max_instances=values["max-instances"],
+        runtime_service_account=values["runtime-service-account"],
+        bucket=values["bucket"],
+        ack_deadline=values["ack-deadline"],
+        max_delivery_attempts=values["max-delivery-attempts"],
+    )
 
 
 def image_repository() -> str:
@@ -397,7 +415,7 @@ def test_deploy_settings():
         "cpu": "8",
         "memory": "32Gi",
         "no-cpu-throttling": None,
-        "concurrency": "4",
+        "concurrency": "6",
         "min-instances": "0",
         "max-instances": "1",
         "no-allow-unauthenticated": None,
@@ -421,8 +439,23 @@ def duration_seconds(text: str) -> int:
 
 
 def test_request_timeout_fits_the_pubsub_ack_deadline():
-    timeout = duration_seconds(flag_values(deploy_args())["timeout"])
+    """The request timeout is the subscription's ack deadline (one substitution for both)."""
+    raw = flag_values(deploy_args())["timeout"]
+    assert raw == "${_ACK_DEADLINE}"
+    timeout = duration_seconds(resolve(raw))
     assert 0 < timeout <= 600
+
+
+def test_the_delivery_step_runs_the_deploy_script_after_the_deploy():
+    """tools/deploy.py ensures the trigger and its subscription on every deploy, after the
+    service exists (the trigger and the invoker binding name it), with the deploy's gcloud."""
+    ids = [s["id"] for s in config()["steps"]]
+    assert ids[-2:] == ["deploy", "delivery"]
+    delivery = step("delivery")
+    assert delivery["name"] == step("deploy")["name"]
+    assert delivery["entrypoint"] == "python3"
+    assert delivery["args"][0] == "tools/deploy.py"
+    assert (ROOT / delivery["args"][0]).is_file()
 
 
 def test_runtime_environment_variables():
@@ -485,7 +518,9 @@ def test_probe_keys_are_supported_by_gcloud():
 
 
 def gcloud_steps() -> list[tuple[str, list[str]]]:
-    found = []
+    from tools.deploy import GPU_PROFILES
+
+    found = [(f"deploy ({gpu})", deploy_args(gpu)) for gpu in GPU_PROFILES]
     for s in config()["steps"]:
         if s.get("entrypoint") == "gcloud" or s["name"].endswith("/gcloud"):
             found.append((s["id"], s["args"]))
@@ -590,15 +625,15 @@ def test_runbook_has_the_commands_the_issue_asks_for():
         "secrets create",
         "iam service-accounts create",
         "builds submit",
-        "eventarc triggers create",
-        "pubsub subscriptions update",
+        "eventarc triggers describe",
+        "pubsub subscriptions describe",
         "run services update-traffic",
         "logging read",
     ):
         assert any(c.startswith(needed) for c in commands), f"gcloud {needed}"
     text = RUNBOOK.read_text()
     for fragment in (
-        "kubectl apply",
+        "tools/deploy.py",
         "--dead-letter-topic",
         "--max-delivery-attempts",
         "--min-retry-delay=10s",
@@ -611,6 +646,26 @@ def test_runbook_has_the_commands_the_issue_asks_for():
         "not implemented",
     ):
         assert fragment in text, fragment
+
+
+# What tools/deploy.py applies on every deploy: no runbook command may do it by hand.
+DEPLOYED_BY_THE_SCRIPT = {
+    "pubsub topics create",
+    "pubsub subscriptions create",
+    "pubsub subscriptions update",
+    "pubsub topics add-iam-policy-binding",
+    "pubsub subscriptions add-iam-policy-binding",
+    "eventarc triggers create",
+    "eventarc triggers update",
+    "run services add-iam-policy-binding",
+}
+
+
+def test_the_runbook_keeps_only_once_per_project_steps_of_the_delivery():
+    manual = {
+        " ".join(command_words(args)) for _, args in runbook_gcloud_invocations()
+    } & DEPLOYED_BY_THE_SCRIPT
+    assert not manual, f"applied by every deploy (tools/deploy.py), not by hand: {manual}"
 
 
 @needs_gcloud

@@ -228,22 +228,35 @@ def test_dead_letter_topic_keeps_its_messages_and_the_pubsub_agent_may_publish()
     )
 
 
-def test_subscription_retry_and_dead_letter_settings_are_documented():
-    """Eventarc owns its subscription: these settings are applied with gcloud afterwards."""
-    for text in (EVENTARC.read_text(), RUNBOOK.read_text()):
-        command = re.search(r"gcloud pubsub subscriptions update (.*?)(?:\n\s*\n|```)", text, re.S)
-        assert command, "the subscription update command"
-        flags = command.group(1)
-        for flag in (
-            "--ack-deadline=600",
-            "--min-retry-delay=10s",
-            "--max-retry-delay=60s",
-            "--dead-letter-topic=",
-            "--max-delivery-attempts=",
-        ):
-            assert flag in flags, flag
-        assert "session-processing-dead-letter" in flags
-        assert "roles/pubsub.subscriber" in text
+def test_the_deploy_ensures_the_same_resources_and_the_subscription_settings():
+    """tools/deploy.py applies this flow on every deploy: the names and values here are the
+    deploy's, and the settings Config Connector cannot express are stated as the deploy's."""
+    from tools.deploy import TRIGGER_EVENT_TYPE, Target
+
+    target = Target(project="PROJECT_ID", project_number="PROJECT_NUMBER", region="us-east4",
+                    service=cloudbuild_default("_SERVICE"))  # fmt: skip
+    docs = active_documents()
+    assert cloud_name(pubsub_trigger()) == target.trigger
+    spec = pubsub_trigger()["spec"]
+    assert spec["transport"]["pubsub"]["topicRef"]["name"] == target.topic
+    assert {c["value"] for c in spec["matchingCriteria"]} == {TRIGGER_EVENT_TYPE}
+    assert spec["serviceAccountRef"]["name"] == target.trigger_account_name
+    named(docs, "PubSubTopic", target.topic)
+    named(docs, "PubSubTopic", target.dead_letter_topic)
+    dead = named(docs, "PubSubSubscription", target.dead_letter_subscription)["spec"]
+    assert dead["ackDeadlineSeconds"] == target.dead_letter_ack_deadline_s
+    assert dead["messageRetentionDuration"] == f"{target.dead_letter_retention_s}s"
+    named(docs, "IAMServiceAccount", target.trigger_account_name)
+    text = EVENTARC.read_text()
+    assert "NOT APPLIED BY THE DEPLOY" in text and "tools/deploy.py" in text
+    assert "ack deadline 600 s, retry 10..60 s" in text
+    assert (target.ack_deadline_s, target.min_retry_delay_s, target.max_retry_delay_s) == (
+        600,
+        10,
+        60,
+    )
+    assert "100 delivery attempts" in text and target.max_delivery_attempts == 100
+    assert "roles/pubsub.subscriber" in text
 
 
 # --- the optional Firestore trigger ---------------------------------------------------------------

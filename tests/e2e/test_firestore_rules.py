@@ -254,6 +254,77 @@ def test_create(world, case, who, fields, expected):
     assert exists is (expected == OK)
 
 
+# --------------------------------------------------------------------------- session and user IDs
+
+# (ID, accepted by the function): both sides are checked, the function's validate_id and the
+# rules on the emulator. 129 characters, '!', '.', 'é' and a space are valid Firestore document
+# IDs that the function would acknowledge without a job.
+IDS = [
+    ("s", True),
+    ("x" * 128, True),
+    ("A-z_0-9", True),
+    ("x" * 129, False),
+    ("bad!", False),
+    ("a.b", False),
+    ("café", False),
+    ("a b", False),
+]
+
+
+def _accepted_by_the_function(name: str) -> bool:
+    from inpaint.events import InvalidEventError, validate_id
+
+    try:
+        validate_id("sessionId", name)
+    except InvalidEventError:
+        return False
+    return True
+
+
+def test_the_rules_take_the_functions_id_definition():
+    """One definition: the rules' idOk() pattern is inpaint/events.py's ID_PATTERN, and the
+    rules apply it to the user and the session ID of every new or re-queued job."""
+    from inpaint.events import ID_PATTERN
+
+    text = RULES.read_text()
+    (pattern,) = re.findall(r"function idOk\(id\) \{\s*return id\.matches\('([^']*)'\);", text)
+    assert pattern == ID_PATTERN
+    assert text.count("&& idOk(userId) && idOk(sessionId)") == 2
+    for name, accepted in IDS:
+        assert _accepted_by_the_function(name) is accepted, name
+        assert (re.fullmatch(pattern, name) is not None) is accepted, name
+
+
+@pytest.mark.parametrize(("session", "accepted"), IDS, ids=[f"{len(i)}:{i[:12]}" for i, _ in IDS])
+def test_a_session_id_the_function_refuses_cannot_be_created(world, session, accepted):
+    assert _accepted_by_the_function(session) is accepted
+    expected = OK if accepted else DENIED
+    assert world["app"].create_job(world["me"], session, NEW_JOB) == expected
+    exists = world["db"].document(f"users/{world['me']}/sessions/{session}").get().exists
+    assert exists is accepted
+    user = world["db"].document(f"users/{world['me']}").get()
+    assert (user.exists and user.to_dict().get("lastJobSession") == session) is accepted, (
+        "a refused job does not use the user's rate-limit stamp"
+    )
+
+
+def test_a_session_with_a_refused_id_cannot_be_requeued(world):
+    session = "legacy.session"
+    world["db"].document(f"users/{world['me']}/sessions/{session}").set(
+        {"processingStatus": "completed", "prompt": "a cat"}
+    )
+    _long_ago(world)
+    fields = {"processingStatus": "queued", "requestedAt": NOW}
+    assert world["app"].update_job(world["me"], session, fields, stamp=True) == DENIED
+
+
+def test_a_user_id_the_function_refuses_cannot_create_jobs(stack, rules_loaded):
+    assert not _accepted_by_the_function("user.name")
+    base = f"http://{stack.host('firestore')}"
+    app = App(base, stack.project, "user.name")
+    assert app.create_job("user.name", f"s{uuid.uuid4().hex[:10]}", NEW_JOB) == DENIED
+
+
 def test_a_job_without_the_rate_limit_stamp_is_refused(world):
     assert world["app"].create_job(world["me"], _session(world), NEW_JOB, stamp=False) == DENIED
 
