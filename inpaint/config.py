@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inpaint.gpuqueue import turn_bound
 from inpaint.weights_dir import Quant, gguf_filename
 
 # Cloud Run, us-east4 tier-1 instance-based billing (CPU always allocated), Nov 2026 price list:
@@ -362,9 +363,12 @@ def delivery_contradictions(s: Settings) -> list[str]:
         )
     if s.seconds_per_step is not None:
         longest = s.max_steps * s.seconds_per_step + s.job_overhead_seconds
-        if s.max_queued_jobs * longest > s.ack_deadline_seconds:
+        # A job waits for at most turn_bound(admitted) others (the fair queue's bound), then runs.
+        jobs = turn_bound(s.max_queued_jobs) + 1
+        if jobs * longest > s.ack_deadline_seconds:
             problems.append(
-                f"INPAINT_MAX_QUEUED_JOBS={s.max_queued_jobs} x the longest job "
+                f"INPAINT_MAX_QUEUED_JOBS={s.max_queued_jobs} (a job waits for up to "
+                f"{jobs - 1} others) x the longest job "
                 f"({longest:g} s: INPAINT_MAX_STEPS={s.max_steps} x "
                 f"INPAINT_SECONDS_PER_STEP={s.seconds_per_step:g} + "
                 f"INPAINT_JOB_OVERHEAD_SECONDS={s.job_overhead_seconds:g}) exceeds "

@@ -8,11 +8,12 @@ The order is fair across users (start-time fair queueing by rounds): a user's k-
 round k, and a user who comes back starts one round past the last round the instance gave them
 (remembered after their jobs left: a user who sends the next job as soon as the last ended does
 not re-enter at the front), so one user's ten jobs do not starve another's one. Within a round,
-first come first served. On top of the fair order, a hard bound: a job that later-admitted jobs
-have passed ``capacity - 1`` times goes next (the oldest such first). So from the moment a job is
-ready, at most ``turn_bound(capacity)`` = 2 x (capacity - 1) other model calls start before its
-own, for any arrival pattern (``docs/reliability.md`` has the argument and the simulation that
-checks it).
+first come first served. On top of the fair order, a hard bound: a job that a later-admitted
+job has passed ``MAX_PASSES`` times goes next (the oldest such first). So from the moment a job
+is ready, at most ``turn_bound(capacity)`` = capacity - 1 + ``MAX_PASSES`` other model calls start
+before its own, for any arrival pattern: the jobs admitted before it (at most capacity - 1) and
+the passes. ``inpaint.config`` checks that this many jobs plus its own fit in the ack deadline;
+the simulation (``tests/sim``) checks the bound under every schedule it explores.
 
 Admission is bounded (``INPAINT_MAX_QUEUED_JOBS``): a delivery beyond it is refused before it
 claims anything, so memory (each admitted job holds its decoded photo) and the time a job can
@@ -46,9 +47,15 @@ def fair_round(current: int, users_last: int | None) -> int:
     return current if users_last is None else max(current, users_last + 1)
 
 
+# Passes by later-admitted jobs after which a job goes next. One keeps the fair order's point (a
+# user's second job yields once to another user's first) while the wait stays within one more
+# job than first come, first served.
+MAX_PASSES = 1
+
+
 def turn_bound(capacity: int) -> int:
     """The most model calls that can start between a job being ready and its own."""
-    return 2 * max(capacity - 1, 0)
+    return max(capacity - 1, 0) + MAX_PASSES
 
 
 @dataclass(eq=False)
@@ -109,7 +116,6 @@ class FairQueue:
         self._users_last: dict[str, int] = {}
         self._holder: Ticket | None = None
         self._holder_seen = 0.0
-        self._capacity = 1
 
     def admit(self, user: str, capacity: int) -> Ticket:
         """A place, or ``DeliverLaterError`` (503) when ``capacity`` is full."""
@@ -124,12 +130,11 @@ class FairQueue:
         ticket = Ticket(user, fair_round(self._round, max(rounds, default=None)), next(self._seq))
         self._users_last[user] = max(ticket.round, self._users_last.get(user, ticket.round))
         self.tickets.append(ticket)
-        self._capacity = capacity
         return ticket
 
     def max_passes(self) -> int:
-        """Passes after which a job is overdue: one less than the admission bound."""
-        return max(self._capacity - 1, 0)
+        """Passes after which a job is overdue."""
+        return MAX_PASSES
 
     def next_up(self) -> Ticket | None:
         return next_up(self.tickets, self.max_passes())

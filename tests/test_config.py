@@ -115,15 +115,16 @@ def test_a_prompt_limit_below_the_default_prompt_is_refused_at_start_up():
             {"lease_seconds": 180, "ack_deadline_seconds": 120},
             [("INPAINT_LEASE_SECONDS=180", "INPAINT_ACK_DEADLINE_SECONDS=120")],
         ),
-        # The deployed L4 profile: 4 x (50 x 2 s + 10 s) = 440 s <= 600 s.
+        # The deployed L4 profile: (4 + 1) x (50 x 2 s + 10 s) = 550 s <= 600 s.
         ({"seconds_per_step": 2.0}, []),
-        ({"seconds_per_step": 2.0, "max_queued_jobs": 5}, []),  # 550 s
+        # A job waits for at most turn_bound(admitted) = admitted others, then runs its own.
+        ({"seconds_per_step": 2.0, "max_queued_jobs": 4}, []),  # 5 x 110 = 550 s
         (
-            {"seconds_per_step": 2.0, "max_queued_jobs": 6},  # 660 s
-            [("INPAINT_MAX_QUEUED_JOBS=6", "INPAINT_ACK_DEADLINE_SECONDS=600")],
+            {"seconds_per_step": 2.0, "max_queued_jobs": 5},  # 6 x 110 = 660 s
+            [("INPAINT_MAX_QUEUED_JOBS=5", "INPAINT_ACK_DEADLINE_SECONDS=600")],
         ),
         (
-            {"seconds_per_step": 2.0, "max_steps": 100},  # 4 x 210 s
+            {"seconds_per_step": 2.0, "max_steps": 100},  # 5 x 210 s
             [("INPAINT_MAX_STEPS=100", "INPAINT_ACK_DEADLINE_SECONDS=600")],
         ),
         (
@@ -131,7 +132,7 @@ def test_a_prompt_limit_below_the_default_prompt_is_refused_at_start_up():
             [("INPAINT_SECONDS_PER_STEP=2", "INPAINT_ACK_DEADLINE_SECONDS=300")],
         ),
         (
-            {"seconds_per_step": 2.0, "job_overhead_seconds": 60.0},  # 4 x 160 s
+            {"seconds_per_step": 2.0, "job_overhead_seconds": 60.0},  # 5 x 160 s
             [("INPAINT_JOB_OVERHEAD_SECONDS=60", "INPAINT_MAX_QUEUED_JOBS=4")],
         ),
         # The heartbeat (every min(3 s, lease / 3)) plus one write's I/O deadline within the lease.

@@ -213,7 +213,7 @@ def test_regression_a_users_second_job_is_not_starved_by_users_who_come_straight
         if done.user != "a":  # that user sends the next job as soon as the last one ended
             nxt = queue.admit(done.user, 4)
             nxt.ready = True
-    assert ran == ["a", "b", "c", "a"]  # before: a, b, c, b, c, b, ... and "a" never again
+    assert ran == ["a", "b", "a"]  # before: a, b, c, b, c, b, ... and "a" never again
 
 
 def test_an_overdue_job_goes_before_the_fair_order():
@@ -236,9 +236,9 @@ def test_an_overdue_job_goes_before_the_fair_order():
     assert queue.next_up() is second  # overdue: no more passing
 
 
-@pytest.mark.parametrize("capacity", [1, 2, 4, 8])
-def test_turn_bound(capacity):
-    assert turn_bound(capacity) == 2 * (capacity - 1)
+@pytest.mark.parametrize(("capacity", "bound"), [(1, 1), (2, 2), (4, 4), (8, 8)])
+def test_turn_bound(capacity, bound):
+    assert turn_bound(capacity) == bound  # the jobs admitted before, plus one pass
 
 
 def test_the_stall_clock_runs_only_while_a_job_holds_the_gpu():
