@@ -143,11 +143,23 @@ def sent_before_failure(doc: dict[str, Any], request: Request) -> bool:
 
 
 def attempts_so_far(doc: dict[str, Any], event_id: str) -> int:
-    """Attempts already spent on this delivery's request (0 for a new request)."""
+    """Attempts already spent on this delivery's request (0 for a new request).
+
+    A job whose document still says it was waiting for the GPU (``queuePosition`` a number: it
+    is cleared before the model call starts) died while only waiting, not through any fault of
+    its own (its instance crashed under another job, or was stopped before it could release):
+    that attempt is given back.
+    """
     if is_new_request(doc, event_id):
         return 0
-    attempts = doc.get("attempts")
-    return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
+    attempts = _int(doc.get("attempts"))
+    if doc.get("processingStatus") == PROCESSING and _is_count(doc.get("queuePosition")):
+        return max(attempts - 1, 0)
+    return attempts
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def request_age(

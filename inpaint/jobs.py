@@ -282,7 +282,7 @@ class JobRunner:
         self._phase = Phase.GPU
         if ticket.waited:
             log.info("job left the queue", extra={"queueSeconds": timings.stages[QUEUE_STAGE]})
-            heartbeat.queue_position(None)
+            heartbeat.left_queue()
         try:
             yield
         finally:
@@ -501,6 +501,21 @@ class Heartbeat:
         """Jobs ahead of this one on the instance (None: it has the GPU); written at once."""
         self._position = position
         self._wake.set()
+
+    def left_queue(self) -> None:
+        """The job has the GPU: ``queuePosition`` is cleared *before* the model call (a crash
+        from here on counts toward the attempts; one while the document says "waiting" does not:
+        ``claims.attempts_so_far``). Written now, not by the next beat; if that write fails the
+        next beat retries it (the job goes on)."""
+        self._position = self._position_sent = None
+        try:
+            self._store.heartbeat(self._claim, None, None)
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            log.warning("could not clear the queue position: %s", describe_error(exc))
+            self._position_sent = UNCHANGED  # type: ignore[assignment]
+            self._wake.set()
 
     def progress(self, step: int, total: int) -> None:
         """Pipeline step callback: (steps done, total); raises when the job must stop."""

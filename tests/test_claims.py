@@ -288,3 +288,20 @@ def test_release_fields_give_the_attempt_back_only_on_a_refund(attempt, refund, 
     fields = claims.release_fields("boom", attempt, refund=refund, now=NOW)
     assert fields["leaseExpiresAt"] == NOW and fields["lastError"] == "boom"
     assert fields.get("attempts") == attempts
+
+
+@pytest.mark.parametrize(
+    ("position", "attempt"),
+    [(2, 3), (0, 3), (None, 4), (True, 4)],  # recorded as waiting: that attempt is given back
+)
+def test_a_job_that_died_while_only_waiting_for_the_gpu_gets_its_attempt_back(position, attempt):
+    doc = {
+        "processingStatus": "processing",
+        "eventId": EVENT,
+        "attempts": 3,
+        "leaseOwner": OTHERS,
+        "leaseExpiresAt": NOW - dt.timedelta(seconds=1),
+        "queuePosition": position,
+    }
+    decision = claims.decide(doc, Request(EVENT, NOW, ME), NOW, POLICY)
+    assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt

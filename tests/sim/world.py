@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
+from google.api_core import exceptions as gexc
 
 from inpaint.config import Settings
 from inpaint.errors import (
@@ -62,6 +63,7 @@ from inpaint.store import (
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
 
 EPOCH = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+TRANSIENT = (gexc.GoogleAPICallError, TransientError)
 ACKNOWLEDGING = frozenset({102, 200, 201, 202, 204})  # Pub/Sub push, as documented
 
 
@@ -357,20 +359,37 @@ class Instance:
         self.wake()
         ready_at, starts_at_ready = env.now, self.starts
         hang_seen = self.hung
-        while self.queue.next_up() is not ticket:
-            if job.lost:
-                raise LeaseLostError(job.lost)
-            if self.shutdown:
-                raise ShutdownError("the instance is shutting down")
-            stalled = self.stalled()
-            if stalled:
-                raise DeviceStalledError(stalled)
-            hang_seen = hang_seen or self.hung
-            yield self.changed | env.timeout(self.world.cfg.poll_seconds)
+        waited = False
+        try:
+            while self.queue.next_up() is not ticket:
+                if not waited:  # the heartbeat's kicked write of queuePosition
+                    waited = True
+                    yield self._io()
+                    with contextlib.suppress(LeaseLostError, *TRANSIENT):
+                        self.store.heartbeat(job.claim, None, self.queue.ahead_of(ticket))
+                    continue
+                if job.lost:
+                    raise LeaseLostError(job.lost)
+                if self.shutdown:
+                    raise ShutdownError("the instance is shutting down")
+                stalled = self.stalled()
+                if stalled:
+                    raise DeviceStalledError(stalled)
+                hang_seen = hang_seen or self.hung
+                yield self.changed | env.timeout(self.world.cfg.poll_seconds)
+        except BaseException:
+            # Left without the GPU (stopped, lease lost, killed): how long it waited counts too.
+            oracle.waits.append((job.name, env.now - ready_at, hang_seen or self.hung))
+            raise
         self.queue.start(ticket, env.now)
         oracle.turns.append((job.name, self.starts - starts_at_ready))
         oracle.waits.append((job.name, env.now - ready_at, hang_seen or self.hung))
         self.starts += 1
+        if waited:  # Heartbeat.left_queue: queuePosition cleared before the model call
+            job.phase = Phase.GPU
+            yield self._io()
+            with contextlib.suppress(*TRANSIENT):
+                self.store.heartbeat(job.claim, None, None)
 
     def _model_call(self, job: Job, ticket: Ticket) -> Generator[Any, Any, None]:
         env, cfg, oracle = self.world.env, self.world.cfg, self.world.oracle
