@@ -16,7 +16,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inpaint.gpuqueue import turn_bound
 from inpaint.weights_dir import Quant, gguf_filename
 
 # Cloud Run, us-east4 tier-1 instance-based billing (CPU always allocated), Nov 2026 price list:
@@ -331,6 +330,20 @@ class Settings(BaseSettings):
         if self.bucket:
             return self.bucket
         return f"{self.project_id}.firebasestorage.app" if self.project_id else None
+
+
+# The fair GPU queue's bound (``inpaint.gpuqueue`` applies it; here because the delivery check
+# below needs it and the image's weights stage imports this module without the queue). Passes by
+# later-admitted jobs after which a job goes next: one keeps the fair order's point (a user's
+# second job yields once to another user's first) while the wait stays within one more job than
+# first come, first served.
+MAX_PASSES = 1
+
+
+def turn_bound(admitted: int) -> int:
+    """The most model calls that can start between a job being ready and its own: the jobs
+    admitted before it, plus ``MAX_PASSES``."""
+    return max(admitted - 1, 0) + MAX_PASSES
 
 
 def delivery_contradictions(s: Settings) -> list[str]:

@@ -35,7 +35,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from inpaint.config import MAX_PASSES, turn_bound
 from inpaint.errors import DeliverLaterError
+
+__all__ = ["MAX_PASSES", "FairQueue", "GpuQueue", "Ticket", "turn_bound"]
 
 
 def fair_round(current: int, users_last: int | None) -> int:
@@ -45,17 +48,6 @@ def fair_round(current: int, users_last: int | None) -> int:
     the instance gave this user and that is not behind ``current`` (None: none).
     """
     return current if users_last is None else max(current, users_last + 1)
-
-
-# Passes by later-admitted jobs after which a job goes next. One keeps the fair order's point (a
-# user's second job yields once to another user's first) while the wait stays within one more
-# job than first come, first served.
-MAX_PASSES = 1
-
-
-def turn_bound(capacity: int) -> int:
-    """The most model calls that can start between a job being ready and its own."""
-    return max(capacity - 1, 0) + MAX_PASSES
 
 
 @dataclass(eq=False)
