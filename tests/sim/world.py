@@ -191,7 +191,7 @@ class Instance:
         self.hang_next = False
         self.hung = False
         self.broken_probes = 0
-        self.procs: set[simpy.Process] = set()
+        self.procs: dict[simpy.Process, None] = {}  # ordered: a kill interrupts in order
         self.changed = env.event()
         self.starts = 0
         env.process(self._probe())
@@ -278,13 +278,13 @@ class Instance:
         job.request = int(claim.document.get("request", -1))
         job.ticket = ticket
         heartbeat = env.process(self._heartbeat(job))
-        self.procs.add(heartbeat)
+        self.procs[heartbeat] = None
         try:
             return (yield from self._job(job, ticket))
         finally:
             if heartbeat.is_alive:
                 heartbeat.interrupt("joined")
-            self.procs.discard(heartbeat)
+            self.procs.pop(heartbeat, None)
             self.store.end(claim)
 
     def _job(self, job: Job, ticket: Ticket) -> Generator[Any, Any, int]:
@@ -529,11 +529,11 @@ class World:
             yield env.timeout(1.0)
             waited += 1.0
         proc = env.process(instance.handle(message))
-        instance.procs.add(proc)
+        instance.procs[proc] = None
         try:
             return (yield proc)
         finally:
-            instance.procs.discard(proc)
+            instance.procs.pop(proc, None)
 
     def sigterm(self, instance: Instance) -> None:
         """Cloud Run stops an instance: SIGTERM, SIGKILL 10 s later, a replacement starts."""
