@@ -362,12 +362,10 @@ class Instance:
         waited = False
         try:
             while self.queue.next_up() is not ticket:
-                if not waited:  # the heartbeat's kicked write of queuePosition
+                if not waited:  # the heartbeat thread's kicked write of queuePosition
                     waited = True
-                    yield self._io()
-                    with contextlib.suppress(LeaseLostError, *TRANSIENT):
-                        self.store.heartbeat(job.claim, None, self.queue.ahead_of(ticket))
-                    continue
+                    writer = env.process(self._write_position(job, self.queue.ahead_of(ticket)))
+                    self.procs[writer] = None
                 if job.lost:
                     raise LeaseLostError(job.lost)
                 if self.shutdown:
@@ -390,6 +388,17 @@ class Instance:
             yield self._io()
             with contextlib.suppress(*TRANSIENT):
                 self.store.heartbeat(job.claim, None, None)
+
+    def _write_position(self, job: Job, position: int) -> Generator[Any, Any, None]:
+        """The heartbeat thread's write of ``queuePosition`` (the waiting job does not wait
+        for it)."""
+        try:
+            yield self._io()
+            if not (job.ticket is not None and job.ticket.running):
+                with contextlib.suppress(LeaseLostError, *TRANSIENT):
+                    self.store.heartbeat(job.claim, None, position)
+        except simpy.Interrupt:
+            return
 
     def _model_call(self, job: Job, ticket: Ticket) -> Generator[Any, Any, None]:
         env, cfg, oracle = self.world.env, self.world.cfg, self.world.oracle
