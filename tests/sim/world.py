@@ -376,7 +376,10 @@ class Instance:
                 hang_seen = hang_seen or self.hung
                 yield self.changed | env.timeout(self.world.cfg.poll_seconds)
         except BaseException:
-            # Left without the GPU (stopped, lease lost, killed): how long it waited counts too.
+            # Left without the GPU (stopped, lease lost, killed): no longer ready (as in
+            # GpuQueue.wait_turn), and how long it waited counts too.
+            ticket.ready = False
+            self.wake()
             oracle.waits.append((job.name, env.now - ready_at, hang_seen or self.hung))
             raise
         self.queue.start(ticket, env.now)
