@@ -12,7 +12,7 @@ The backends are ``Documents`` (get a document with its version; update it only 
 and ``Blobs`` (objects with generations and generation preconditions). ``inpaint.firebase``
 implements them with Firestore and Cloud Storage; the deterministic simulation
 (``tests/sim``) with in-memory fakes that pass the same contract tests
-(``tests/test_store_backends.py``, run against Google's emulator and fake-gcs-server too).
+(``tests/e2e/test_store_backends.py``, run against Google's emulator and fake-gcs-server too).
 
 Field names (``processingStatus``, ``editedImagePath``, ``previewImagePath``, ``cost``,
 ``errorMessage``) and Storage paths are the contract of the service we replace; the other fields
