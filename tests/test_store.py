@@ -10,7 +10,7 @@ import pytest
 
 from inpaint.config import Settings
 from inpaint.events import JobRequest, SessionRef
-from inpaint.jobs import write_outputs, write_outputs_steps
+from inpaint.jobs import run_steps, write_outputs, write_outputs_steps
 from inpaint.store import ClaimOutcome, LeaseLostError, SessionStore, output_paths
 from tests.sim.fakes import MemoryBlobs, MemoryDocuments
 
@@ -62,8 +62,7 @@ def test_a_job_that_lost_its_lease_cannot_replace_the_newer_requests_outputs():
     assert new_store.complete(new, output_paths(SESSION))
     # The old job's upload now fails its precondition; it finds its lease gone and stops.
     with pytest.raises(LeaseLostError, match="lease is no longer ours"):
-        while True:
-            next(steps)
+        run_steps(steps)
     assert world.files() == {EDITED: b"new edited", PREVIEW: b"new preview"}
 
 
@@ -89,10 +88,7 @@ def test_a_stray_upload_while_the_lease_is_ours_is_overwritten_after_a_fresh_che
     steps = write_outputs_steps(store, claim, b"mine", b"mine too")
     _advance_to(steps, "upload edited.jpg")
     world.blobs.put(EDITED, b"a stale job's")  # an older job's upload lands meanwhile
-    with pytest.raises(StopIteration) as done:
-        while True:
-            next(steps)
-    assert set(done.value.value) == {EDITED, PREVIEW}
+    assert set(run_steps(steps)) == {EDITED, PREVIEW}
     assert world.files() == {EDITED: b"mine", PREVIEW: b"mine too"}
 
 
@@ -106,6 +102,5 @@ def test_a_job_stopped_between_its_two_uploads_takes_the_first_back():
     world.docs.delete(SESSION.document_path)
     world.blobs.put(PREVIEW, b"in the way")  # makes the preview's upload fail
     with pytest.raises(LeaseLostError, match="deleted"):
-        while True:
-            next(steps)
+        run_steps(steps)
     assert world.files() == {PREVIEW: b"in the way"}  # our edited.jpg was taken back

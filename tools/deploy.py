@@ -331,14 +331,29 @@ def dead_letter_subscription_flags(observed: dict | None, target: Target) -> lis
     return flags
 
 
-def trigger_flags(observed: dict | None, target: Target) -> list[str]:
-    """Create (observed None) or update flags for the Eventarc trigger. Its transport topic
-    cannot be changed in place."""
-    destination = [
+def destination_flags(target: Target) -> list[str]:
+    """A trigger's destination: the service's root path."""
+    return [
         f"--destination-run-service={target.service}",
         f"--destination-run-region={target.region}",
         "--destination-run-path=/",
     ]
+
+
+def destination_matches(observed: dict, target: Target) -> bool:
+    """Whether a described trigger already sends to the service's root path."""
+    run = (observed.get("destination") or {}).get("cloudRun") or {}
+    return (run.get("service"), run.get("region"), run.get("path")) == (
+        target.service,
+        target.region,
+        "/",
+    )
+
+
+def trigger_flags(observed: dict | None, target: Target) -> list[str]:
+    """Create (observed None) or update flags for the Eventarc trigger. Its transport topic
+    cannot be changed in place."""
+    destination = destination_flags(target)
     filters = f"--event-filters=type={TRIGGER_EVENT_TYPE}"
     account = f"--service-account={target.trigger_account}"
     if observed is None:
@@ -357,12 +372,7 @@ def trigger_flags(observed: dict | None, target: Target) -> list[str]:
             "and deploy again"
         )
     flags = []
-    run = (observed.get("destination") or {}).get("cloudRun") or {}
-    if (run.get("service"), run.get("region"), run.get("path")) != (
-        target.service,
-        target.region,
-        "/",
-    ):
+    if not destination_matches(observed, target):
         flags += destination
     wanted_filters = [{"attribute": "type", "value": TRIGGER_EVENT_TYPE}]
     if sorted(observed.get("eventFilters") or [], key=str) != wanted_filters:
@@ -379,11 +389,7 @@ SESSION_DOCUMENTS = "users/{userId}/sessions/{sessionId}"
 def firestore_trigger_flags(observed: dict | None, target: Target) -> list[str]:
     """Create (observed None) or update flags for the optional Firestore trigger: every write
     of a session document, as protobuf events, to the service."""
-    destination = [
-        f"--destination-run-service={target.service}",
-        f"--destination-run-region={target.region}",
-        "--destination-run-path=/",
-    ]
+    destination = destination_flags(target)
     filters = f"--event-filters=type={FIRESTORE_EVENT_TYPE},database=(default)"
     pattern = f"--event-filters-path-pattern=document={SESSION_DOCUMENTS}"
     content = "--event-data-content-type=application/protobuf"
@@ -391,12 +397,7 @@ def firestore_trigger_flags(observed: dict | None, target: Target) -> list[str]:
     if observed is None:
         return [*destination, filters, pattern, content, account]
     flags = []
-    run = (observed.get("destination") or {}).get("cloudRun") or {}
-    if (run.get("service"), run.get("region"), run.get("path")) != (
-        target.service,
-        target.region,
-        "/",
-    ):
+    if not destination_matches(observed, target):
         flags += destination
     wanted = {
         ("type", FIRESTORE_EVENT_TYPE, None),

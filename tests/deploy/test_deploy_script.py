@@ -529,7 +529,7 @@ def pubsub_emulator(tmp_path_factory):
             workdir=tmp_path_factory.mktemp("pubsub"),
         ).start()
     except StackError as exc:
-        pytest.skip(str(exc))
+        pytest.fail(f"Google's Pub/Sub emulator could not start: {exc}")
     yield stack
     stack.stop()
 

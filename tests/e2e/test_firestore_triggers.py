@@ -111,15 +111,16 @@ def _status_of(document) -> str | None:
     return field.string_value if field is not None else None
 
 
-@pytest.fixture(scope="module")
-def triggered(stack, start_server, tmp_path_factory):
-    """(server, db, relay): a Firestore emulator sending trigger events, and a server on it."""
+@contextlib.contextmanager
+def triggering_stack(stack, start_server, logdir, modes, **server_env):
+    """(server, db, relay): a Firestore emulator sending trigger events for ``modes`` through a
+    relay to a server started on it (with ``server_env``); everything stopped on exit."""
     jar = find_firestore_jar()
     if jar is None:
         pytest.fail("Google's Firestore emulator is not installed")
     relay = Relay()
     port = free_port()
-    log = open(tmp_path_factory.mktemp("fs-triggers") / "firestore.log", "wb")  # noqa: SIM115
+    log = open(logdir / "firestore.log", "wb")  # noqa: SIM115
     main_class = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
     argv = ["java", "-cp", str(jar), main_class, "--host", HOST, "--port", str(port)]
     emulator = subprocess.Popen(
@@ -131,9 +132,9 @@ def triggered(stack, start_server, tmp_path_factory):
     base = f"http://{HOST}:{port}"
     try:
         wait_for(lambda: _answers(base), timeout=120, interval=0.2)
-        for mode in MODES:
+        for mode in modes:
             _register(base, stack.project, mode)
-        server = start_server(FIRESTORE_EMULATOR_HOST=f"{HOST}:{port}")
+        server = start_server(FIRESTORE_EMULATOR_HOST=f"{HOST}:{port}", **server_env)
         relay.target = server.url + "/"
         with _env(FIRESTORE_EMULATOR_HOST=f"{HOST}:{port}"):
             db = firestore.Client(
@@ -145,6 +146,15 @@ def triggered(stack, start_server, tmp_path_factory):
         os.killpg(emulator.pid, 15)
         emulator.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def triggered(stack, start_server, tmp_path_factory):
+    """(server, db, relay): a Firestore emulator sending trigger events, and a server on it."""
+    with triggering_stack(
+        stack, start_server, tmp_path_factory.mktemp("fs-triggers"), MODES
+    ) as running:
+        yield running
 
 
 def _answers(base: str) -> bool:

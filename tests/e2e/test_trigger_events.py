@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import uuid
 from pathlib import Path
 
-import google.auth.credentials
 import pytest
-from google.cloud import firestore
 
 from tests.e2e.conftest import ellipse_mask, photo_jpeg, wait_for
-from tests.e2e.test_firestore_triggers import Relay, _answers, _completed, _env, _register
-from tools.stack.servers import HOST, find_firestore_jar, free_port
+from tests.e2e.test_firestore_triggers import _completed, triggering_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_INTERVALS = {
@@ -50,36 +45,14 @@ STEPS = 60
 
 @pytest.fixture(scope="module")
 def production_triggered(stack, start_server, tmp_path_factory):
-    jar = find_firestore_jar()
-    if jar is None:
-        pytest.fail("Google's Firestore emulator is not installed")
-    relay = Relay()
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("fs-events") / "firestore.log", "wb")  # noqa: SIM115
-    main_class = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
-    argv = ["java", "-cp", str(jar), main_class, "--host", HOST, "--port", str(port)]
-    emulator = subprocess.Popen(
-        [*argv, "--functions_emulator", relay.address],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://{HOST}:{port}"
-    try:
-        wait_for(lambda: _answers(base), timeout=120, interval=0.2)
-        _register(base, stack.project, "proto")
-        server = start_server(FIRESTORE_EMULATOR_HOST=f"{HOST}:{port}", **PRODUCTION_INTERVALS)
-        relay.target = server.url + "/"
-        with _env(FIRESTORE_EMULATOR_HOST=f"{HOST}:{port}"):
-            db = firestore.Client(
-                project=stack.project, credentials=google.auth.credentials.AnonymousCredentials()
-            )
-        yield server, db, relay
-    finally:
-        relay.close()
-        os.killpg(emulator.pid, 15)
-        emulator.wait(30)
-        log.close()
+    with triggering_stack(
+        stack,
+        start_server,
+        tmp_path_factory.mktemp("fs-events"),
+        ["proto"],
+        **PRODUCTION_INTERVALS,
+    ) as running:
+        yield running
 
 
 def test_trigger_events_per_job_at_the_production_intervals(production_triggered, fb):
