@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from firebase_admin import firestore, storage
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from tests.samples import ellipse_mask, photo_jpeg
 from tools.server import FAST_SETTINGS, ServerProcess
 from tools.stack import LocalStack
 
@@ -81,24 +81,6 @@ def fb(stack):
     return firestore.client(app), storage.bucket(app=app)
 
 
-def photo_jpeg(size=(1200, 800)) -> bytes:
-    from skimage import data
-
-    image = Image.fromarray(data.chelsea()).resize(size, Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=92)
-    return buf.getvalue()
-
-
-def ellipse_mask(size=(1200, 800), box=(0.3, 0.2, 0.6, 0.6)) -> bytes:
-    mask = Image.new("L", size, 0)
-    w, h = size
-    ImageDraw.Draw(mask).ellipse((box[0] * w, box[1] * h, box[2] * w, box[3] * h), fill=255)
-    buf = io.BytesIO()
-    mask.save(buf, "PNG")
-    return buf.getvalue()
-
-
 class Sessions:
     """Creates sessions the way the app does and reads back what the function wrote."""
 
@@ -160,10 +142,6 @@ class Sessions:
 @pytest.fixture(scope="session")
 def sessions(fb) -> Sessions:
     return Sessions(*fb)
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def inference_count(server: ServerProcess) -> int:

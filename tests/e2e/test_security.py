@@ -5,34 +5,20 @@
    Proven by comparing the complete set of objects (with generations and MD5s) and of documents
    before and after, and by ``SessionRef`` refusing every such ID.
 2. Size limits (event body, input bytes, pixels, prompt length) are configurable and enforced
-   before the expensive work: a dedicated server with small limits refuses each input with a
-   message naming the limit, and the model never runs (no denoising step is ever reported,
-   ``progress`` stays 0 and no stage ``timings`` are recorded), while a job within the limits
-   completes on the same server.
+   before the expensive work: proven in-process, through functions-framework's test client, by
+   ``tests/test_main.py`` (an app with small limits refuses each input with a message naming the
+   limit before the model runs, and completes a job within them); the shared server's default
+   body limit, sent chunked, by ``tests/e2e/test_hostile.py``.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import uuid
-
-import numpy as np
 import pytest
-import requests
-from PIL import Image
 
 from inpaint.events import SESSION_FILES, InvalidEventError, SessionRef, validate_id
-from tests.e2e.conftest import (
-    blob_versions,
-    bucket_state,
-    ellipse_mask,
-    firestore_state,
-    inference_count,
-    photo_jpeg,
-)
+from tests.e2e.conftest import bucket_state, firestore_state, inference_count
 from tools import eventlib
-from tools.server import claims_by_session, log_records
+from tools.server import log_records
 
 NASTY_IDS = [
     "../x",
@@ -160,97 +146,3 @@ def test_no_crafted_id_in_any_event_shape_touches_anything(shared_server, sessio
     outcomes = [r["message"] for r in log_records(shared_server)[-4 * len(pairs) :]]
     assert all(m.startswith(("event rejected:", "event ignored:")) for m in outcomes), outcomes
     assert shared_server.get("/health").status_code == 200
-
-
-# --------------------------------------------------------------------------- limits
-
-
-LIMITS = {
-    "INPAINT_MAX_INPUT_BYTES": "65536",
-    "INPAINT_MAX_INPUT_PIXELS": "200000",
-    "INPAINT_MAX_PROMPT_CHARS": "120",  # the default prompt (98) must fit: see test_config
-    "INPAINT_MAX_EVENT_BYTES": "4096",
-}
-SMALL = (360, 240)  # 86 400 pixels, ~20 KB as JPEG: within every limit above
-
-
-@pytest.fixture(scope="module")
-def limited(start_server):
-    return start_server(**LIMITS)
-
-
-def _jpeg(size, quality=90) -> bytes:
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(photo_jpeg(size))).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _noise_png(size) -> bytes:
-    """A mask PNG that does not compress: ~100 KB for 360x240."""
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-LIMIT_CASES = {
-    "photo-bytes": (
-        {"photo": photo_jpeg((1200, 800)), "mask": ellipse_mask((1200, 800))},
-        ("The photo is 0.", "MB, above the limit of 0.1 MB."),
-    ),
-    "mask-bytes": (
-        {"photo": _jpeg(SMALL), "mask": _noise_png(SMALL)},
-        ("The mask is 0.", "MB, above the limit of 0.1 MB."),
-    ),
-    "photo-pixels": (
-        {"photo": _jpeg((600, 400), quality=30), "mask": ellipse_mask((600, 400))},
-        ("The photo is 600x400 = 0.24 MP, above the limit of 0.2 MP.",),
-    ),
-    "prompt-chars": (
-        {"photo": _jpeg(SMALL), "mask": ellipse_mask(SMALL), "doc": {"prompt": "c" * 121}},
-        ("The prompt is 121 characters long; the limit is 120.",),
-    ),
-}
-
-
-def test_limits_server_completes_a_job_within_its_limits(limited, sessions):
-    user, session = sessions.create(photo=_jpeg(SMALL), mask=ellipse_mask(SMALL))
-    assert len(_jpeg(SMALL)) < 65536
-    assert limited.post(*eventlib.pubsub_binary(user, session)).status_code == 200
-    doc = sessions.wait(user, session)
-    assert doc["processingStatus"] == "completed" and doc["timings"]["inference"] > 0
-
-
-@pytest.mark.parametrize("name", list(LIMIT_CASES))
-def test_input_limits_refuse_before_the_model_runs(name, limited, sessions):
-    setup, expected = LIMIT_CASES[name]
-    user, session = sessions.create(**setup)
-    inputs = blob_versions(sessions, user, session)
-    assert limited.post(*eventlib.pubsub_binary(user, session)).status_code == 200
-    doc = sessions.wait(user, session)
-    assert doc["processingStatus"] == "failed", doc
-    assert all(part in doc["errorMessage"] for part in expected), doc["errorMessage"]
-    assert doc["progress"] == 0.0 and "timings" not in doc and "busySeconds" not in doc
-    assert blob_versions(sessions, user, session) == inputs  # no outputs, inputs untouched
-    messages = [r["message"] for r in log_records(limited) if r.get("sessionId") == session]
-    assert messages == ["job claimed", f"job failed: {doc['errorMessage']}"]
-
-
-@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_event_body_limit_acknowledges_without_processing(chunked, limited, sessions):
-    user, session = sessions.create(photo=_jpeg(SMALL), mask=ellipse_mask(SMALL))
-    headers, body = eventlib.pubsub_binary(user, session, extra={"pad": "x" * 5000})
-    assert len(body) > 4096
-    json.loads(body)  # a valid event, only too long
-    claims = claims_by_session(limited).get(session, 0)
-    data = (body[i : i + 1000] for i in range(0, len(body), 1000)) if chunked else body
-    response = requests.post(limited.url + "/", headers=headers, data=data, timeout=120)
-    assert response.status_code == 200
-    assert "not processed: Request Entity Too Large" in response.text
-    assert sessions.doc(user, session)["processingStatus"] == "queued"
-    assert claims_by_session(limited).get(session, 0) == claims == 0
-    # The same event within the limit is processed by the same server.
-    small_headers, small_body = eventlib.pubsub_binary(user, session, f"small-{uuid.uuid4()}")
-    assert len(small_body) <= 4096
-    assert limited.post(small_headers, small_body).status_code == 200
-    assert sessions.wait(user, session)["processingStatus"] == "completed"

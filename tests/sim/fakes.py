@@ -93,6 +93,9 @@ class MemoryDocuments:
         doc = self._docs.get(path)
         return doc[0] if doc else None
 
+    def paths(self) -> list[str]:
+        return sorted(self._docs)
+
     def _maybe_fail(self, operation: str, when: str) -> None:
         if self.faults.take(operation) is not None:
             raise gexc.ServiceUnavailable(f"injected: {operation} failed")
