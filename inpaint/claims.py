@@ -3,8 +3,9 @@
 Every delivery of an event asks "may I run this session's job now?". The answer depends on the
 session document (status, lease, attempts, which event last claimed it), on the delivery (its
 event ID, its age, the lease token this claim would write) and on the clock. Keeping the rules
-here, without I/O, lets a table-driven test cover every combination; ``firebase.py`` only reads
-the document and writes the returned fields with a precondition.
+here, without I/O, lets a table-driven test cover every combination; the fields a decision writes
+are built by ``document`` (which declares every field), and ``store`` only reads the document and
+writes them with a precondition.
 
 Words used below:
 
@@ -29,7 +30,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from inpaint.types import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
+from inpaint import document
+from inpaint.document import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
 
 
 class Outcome(enum.StrEnum):
@@ -209,7 +211,8 @@ def decide(
         return Decision(Outcome.RUNNING if holder_event else Outcome.BUSY)
     age = request_age(doc, request, now, updated_at)
     if age > policy.max_event_age_seconds:
-        return Decision(Outcome.EXPIRED, expired_fields(request.event_id, age, policy, now))
+        fields = document.expired_fields(request.event_id, age, policy.max_event_age_seconds, now)
+        return Decision(Outcome.EXPIRED, fields)
     spent = attempts_so_far(doc, request.event_id)
     if spent >= policy.max_attempts:
         reason = doc.get("lastError") or "a temporary error"
@@ -217,65 +220,13 @@ def decide(
             f"Processing failed after {spent} attempts; the last error was: {reason}. "
             "Please try again later."
         )
-        return Decision(Outcome.EXHAUSTED, failed_fields(message, "attempts_exhausted", now), spent)
-    return Decision(Outcome.ACQUIRED, claim_fields(request, spent + 1, now, policy), spent + 1)
-
-
-def claim_fields(
-    request: Request, attempt: int, now: dt.datetime, policy: Policy
-) -> dict[str, Any]:
-    """What a successful claim writes."""
-    return {
-        "processingStatus": PROCESSING,
-        "attempts": attempt,
-        "leaseOwner": request.owner,
-        "leaseExpiresAt": now + dt.timedelta(seconds=policy.lease_seconds),
-        "eventId": request.event_id,
-        "startedAt": now,
-        "updatedAt": now,
-        "progress": 0.0,
-        "queuePosition": None,
-        "errorMessage": None,
-        "errorCode": None,
-    }
-
-
-def failed_fields(message: str, code: str, now: dt.datetime) -> dict[str, Any]:
-    """A failure the user sees; the lease is cleared."""
-    return {
-        "processingStatus": FAILED,
-        "errorMessage": message,
-        "errorCode": code,
-        "failedAt": now,
-        "updatedAt": now,
-        "queuePosition": None,
-        "leaseOwner": None,
-        "leaseExpiresAt": None,
-    }
-
-
-def release_fields(error: str, attempt: int, *, refund: bool, now: dt.datetime) -> dict[str, Any]:
-    """A lease given back after a transient error, the lease expiring now so a redelivery can
-    take over at once; ``refund`` gives the attempt back (a stop that was not the job's fault:
-    a shutdown, waiting for the GPU)."""
-    fields: dict[str, Any] = {
-        "leaseExpiresAt": now,
-        "lastError": error[:500],
-        "updatedAt": now,
-        "queuePosition": None,
-    }
-    if refund:
-        fields["attempts"] = max(attempt - 1, 0)
-    return fields
-
-
-def expired_fields(event_id: str, age: float, policy: Policy, now: dt.datetime) -> dict[str, Any]:
-    """The event waited longer than ``INPAINT_MAX_EVENT_AGE_SECONDS``."""
-    message = (
-        f"The request expired: it was sent {_duration(age)} ago, more than the limit of "
-        f"{_duration(policy.max_event_age_seconds)}. Please try again."
+        fields = document.failed_fields(message, "attempts_exhausted", now)
+        return Decision(Outcome.EXHAUSTED, fields, spent)
+    attempt = spent + 1
+    fields = document.claim_fields(
+        request.event_id, request.owner, attempt, now, policy.lease_seconds
     )
-    return failed_fields(message, "expired", now) | {"eventId": event_id}
+    return Decision(Outcome.ACQUIRED, fields, attempt)
 
 
 def owns(doc: dict[str, Any] | None, owner: str) -> bool:
@@ -300,9 +251,3 @@ def finish(doc: dict[str, Any] | None, owner: str, fields: dict[str, Any]) -> tu
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.0f} hours"
-    return f"{seconds / 60:.0f} minutes"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 from inpaint.config import Settings
+from inpaint.document import UNCHANGED, output_paths, result_fields
 from inpaint.errors import (
     DeliverLaterError,
     DeviceStalledError,
@@ -31,14 +32,12 @@ from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
 from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
 from inpaint.store import (
-    UNCHANGED,
     Claim,
     ClaimOutcome,
     LeaseLostError,
     Outputs,
     OutputsChangedError,
     SessionStore,
-    output_paths,
 )
 from inpaint.types import GenerationParams
 
@@ -199,11 +198,12 @@ class JobRunner:
         raise TransientError(f"transient failure: {describe_error(exc)}") from exc
 
     def record(self, claim: Claim, written: Outputs, fields: dict[str, Any]) -> None:
-        """7b. The status that points at the outputs; if the lease is gone by then, the
-        outputs are taken back and the job stops (``LeaseLostError``). Unknown whether a
-        complete that raised landed: the files stay; a redelivery finds the job completed
-        (they are its outputs) or runs it again and replaces them."""
-        if not self._store.complete(claim, output_paths(claim.session) | fields):
+        """7b. The status that points at the outputs, with the job's result ``fields``
+        (``document.result_fields``); if the lease is gone by then, the outputs are taken back
+        and the job stops (``LeaseLostError``). Unknown whether a complete that raised landed:
+        the files stay; a redelivery finds the job completed (they are its outputs) or runs it
+        again and replaces them."""
+        if not self._store.complete(claim, fields):
             self._store.delete_outputs(claim.session, written)
             raise LeaseLostError("the lease was lost before the job could be recorded")
 
@@ -248,19 +248,16 @@ class JobRunner:
             written = write_outputs(self._store, claim, result.edited_jpeg, result.preview_jpeg)
         prepared = result.prepared
         busy = timings.busy()
-        self.record(
-            claim,
-            written,
-            {
-                "cost": round(busy * s.price_per_second, 6),
-                "busySeconds": round(busy, 3),
-                "timings": timings.stages | {"total": round(busy, 4)},
-                "seedUsed": params.seed,
-                "promptUsed": params.prompt,
-                "maskEmpty": prepared.empty,
-                "region": list(prepared.region.box) if prepared.region else None,
-            },
+        done = result_fields(
+            busy_seconds=busy,
+            price_per_second=s.price_per_second,
+            stages=timings.stages,
+            seed=params.seed,
+            prompt=params.prompt,
+            mask_empty=prepared.empty,
+            region=prepared.region.box if prepared.region else None,
         )
+        self.record(claim, written, done)
         log.info(
             "job completed",
             extra={"timings": timings.stages, "busySeconds": round(busy, 3)},

@@ -14,15 +14,13 @@ implements them with Firestore and Cloud Storage; the deterministic simulation
 (``tests/sim``) with in-memory fakes that pass the same contract tests
 (``tests/e2e/test_store_backends.py``, run against Google's emulator and fake-gcs-server too).
 
-Field names (``processingStatus``, ``editedImagePath``, ``previewImagePath``, ``cost``,
-``errorMessage``) and Storage paths are the contract of the service we replace; the other fields
-(``progress``, ``attempts``, ``lease*``, ``timings``, ...) are additions the app may ignore.
+What each write sets is built by ``inpaint.document`` (every field of the document, who writes
+it and when); this module decides *whether* a write may land and makes it land.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import threading
 import time
@@ -33,16 +31,16 @@ from typing import Any, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 
-from inpaint import claims
+from inpaint import claims, document
 from inpaint.cas import compare_and_set
 from inpaint.config import Settings
+from inpaint.document import CANCELLED, EDITED, PREVIEW, QUEUED, UNCHANGED, Unchanged
 from inpaint.errors import InvalidImageError, NotFoundError, TransientError
 from inpaint.events import JobRequest, SessionRef
-from inpaint.types import CANCELLED, COMPLETED, QUEUED
 
 log = logging.getLogger(__name__)
 
-PHOTO, MASK, EDITED, PREVIEW = "original.jpg", "mask_auto.png", "edited.jpg", "preview.jpg"
+PHOTO, MASK = "original.jpg", "mask_auto.png"  # the inputs; the outputs' names: ``document``
 OUTPUT_CACHE_CONTROL = "private, max-age=0, no-cache"
 T = TypeVar("T")
 ClaimOutcome = claims.Outcome
@@ -85,29 +83,12 @@ class Blobs(Protocol):
         """Deletes (that generation only, unless None); ``NotFound``/``PreconditionFailed``."""
 
 
-class Unchanged(enum.Enum):
-    """A heartbeat argument that is left as it is in the document."""
-
-    UNCHANGED = "unchanged"
-
-
-UNCHANGED = Unchanged.UNCHANGED
-
-
 class LeaseLostError(Exception):
     """Our lease is gone (another instance took over, or the app cancelled or re-queued)."""
 
 
 class OutputsChangedError(Exception):
     """An output's generation changed between our read and our conditional upload."""
-
-
-def output_paths(session: SessionRef) -> dict[str, str]:
-    """The document's path fields of a completed job (the replaced service's contract)."""
-    return {
-        "editedImagePath": session.storage_path(EDITED),
-        "previewImagePath": session.storage_path(PREVIEW),
-    }
 
 
 @dataclass(frozen=True)
@@ -274,16 +255,8 @@ class SessionStore:
         def decide(doc: Fields | None) -> tuple[bool, Fields | None]:
             if not claims.owns(doc, claim.owner):
                 return False, None
-            now = self._clock()
-            fields: Fields = {
-                "leaseExpiresAt": now + dt.timedelta(seconds=self._settings.lease_seconds),
-                "updatedAt": now,
-            }
-            if progress is not None:
-                fields["progress"] = round(progress, 4)
-            if not isinstance(queue_position, Unchanged):
-                fields["queuePosition"] = queue_position
-            return True, fields
+            lease = self._settings.lease_seconds
+            return True, document.heartbeat_fields(self._clock(), lease, progress, queue_position)
 
         if not self._compare_and_set(claim.session.document_path, decide):
             raise LeaseLostError(self._why_lost(claim))
@@ -304,35 +277,20 @@ class SessionStore:
             return "the app queued a new request for the session"
         return f"the lease is no longer ours (status {status!r})"
 
-    def complete(self, claim: Claim, fields: Fields) -> bool:
-        """Marks the job completed if the lease is still ours; False if we lost it."""
-        now = self._clock()
-        return self._finish(
-            claim,
-            {
-                "processingStatus": COMPLETED,
-                "progress": 1.0,
-                "queuePosition": None,
-                "errorMessage": None,
-                "errorCode": None,
-                "lastError": None,
-                "completedAt": now,
-                "updatedAt": now,
-                "leaseOwner": None,
-                "leaseExpiresAt": None,
-            }
-            | fields,
-        )
+    def complete(self, claim: Claim, result: Fields) -> bool:
+        """Marks the job completed, with its output paths and ``result``
+        (``document.result_fields``), if the lease is still ours; False if we lost it."""
+        return self._finish(claim, document.completed_fields(claim.session, result, self._clock()))
 
     def fail(self, claim: Claim, message: str, code: str) -> bool:
         """Records a permanent failure the user sees, if the lease is still ours."""
-        return self._finish(claim, claims.failed_fields(message, code, self._clock()))
+        return self._finish(claim, document.failed_fields(message, code, self._clock()))
 
     def release(self, claim: Claim, error: str, *, refund: bool = False) -> bool:
         """Gives the lease up after a transient error so the redelivery can take over;
         ``refund`` gives the attempt back too (the stop was not the job's fault)."""
         return self._finish(
-            claim, claims.release_fields(error, claim.attempt, refund=refund, now=self._clock())
+            claim, document.release_fields(error, claim.attempt, refund=refund, now=self._clock())
         )
 
     def end(self, claim: Claim) -> None:

@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from inpaint import claims
+from inpaint import claims, document
 from inpaint.claims import Decision, Lease, Outcome, Policy, Request
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
@@ -97,8 +97,8 @@ def test_every_combination_follows_the_table(status, lease, attempts, event, age
     else:
         attempt = 1 if rule == NEW else spent + 1
         assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt
-        assert decision.fields == claims.claim_fields(
-            Request(decision.fields["eventId"], None, ME), attempt, NOW, POLICY
+        assert decision.fields == document.claim_fields(
+            decision.fields["eventId"], ME, attempt, NOW, POLICY.lease_seconds
         )
 
 
@@ -279,15 +279,6 @@ def test_regression_a_stale_copy_does_not_expire_the_new_request():
     stale = Request("previous-request", OLD_EVENT, ME)
     decision = claims.decide(doc, stale, NOW, POLICY, updated_at=MINUTE_AGO)
     assert decision.outcome is Outcome.ACQUIRED and decision.attempt == 1
-
-
-@pytest.mark.parametrize(
-    ("attempt", "refund", "attempts"), [(1, True, 0), (5, True, 4), (3, False, None)]
-)
-def test_release_fields_give_the_attempt_back_only_on_a_refund(attempt, refund, attempts):
-    fields = claims.release_fields("boom", attempt, refund=refund, now=NOW)
-    assert fields["leaseExpiresAt"] == NOW and fields["lastError"] == "boom"
-    assert fields.get("attempts") == attempts
 
 
 @pytest.mark.parametrize(

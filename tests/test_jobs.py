@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from inpaint.config import Settings
+from inpaint.document import UNCHANGED
 from inpaint.errors import (
     DeviceStalledError,
     InvalidRequestError,
@@ -29,7 +30,7 @@ from inpaint.jobs import (
     job_params,
     spends_attempt,
 )
-from inpaint.store import UNCHANGED, Claim, ClaimOutcome, LeaseLostError
+from inpaint.store import Claim, ClaimOutcome, LeaseLostError
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 

@@ -9,9 +9,10 @@ import datetime as dt
 import pytest
 
 from inpaint.config import Settings
+from inpaint.document import output_paths
 from inpaint.events import JobRequest, SessionRef
 from inpaint.jobs import run_steps, write_outputs, write_outputs_steps
-from inpaint.store import ClaimOutcome, LeaseLostError, SessionStore, output_paths
+from inpaint.store import ClaimOutcome, LeaseLostError, SessionStore
 from tests.sim.fakes import MemoryBlobs, MemoryDocuments
 
 SESSION = SessionRef("u1", "s1")
@@ -59,7 +60,7 @@ def test_a_job_that_lost_its_lease_cannot_replace_the_newer_requests_outputs():
     world.queue_request(2)
     new = world.claim(new_store, "e2")
     write_outputs(new_store, new, b"new edited", b"new preview")
-    assert new_store.complete(new, output_paths(SESSION))
+    assert new_store.complete(new, {})
     # The old job's upload now fails its precondition; it finds its lease gone and stops.
     with pytest.raises(LeaseLostError, match="lease is no longer ours"):
         run_steps(steps)
@@ -75,7 +76,7 @@ def test_a_job_whose_session_was_deleted_takes_its_files_back():
     world.docs.delete(SESSION.document_path)  # the user deletes the session (and its files)
     world.blobs.remove_prefix(SESSION.document_path + "/")
     world.blobs.put(EDITED, b"x")  # not possible for the app, but: only our generations go
-    assert not store.complete(claim, output_paths(SESSION))
+    assert not store.complete(claim, {})
     store.delete_outputs(SESSION, written)
     assert world.files() == {EDITED: b"x"}
 
