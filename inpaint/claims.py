@@ -1,4 +1,4 @@
-"""The claim rules as a pure state machine: document + request + now -> outcome + fields.
+"""The claim rules as a pure state machine: document + delivery + now -> outcome + fields.
 
 Every delivery of an event asks "may I run this session's job now?". The answer depends on the
 session document (status, lease, attempts, which event last claimed it), on the delivery (its
@@ -12,6 +12,9 @@ Words used below:
 - A *request* is one thing the app asked for: the app sets ``processingStatus: "queued"`` (and
   publishes a message). Each request has its own attempt budget; redeliveries of it, and other
   events for the same request (a re-publish, a Firestore trigger) count against it.
+- A *delivery* is one copy of an event reaching the function. ``Delivery`` is the part of it
+  these rules read (event ID, event time, the lease token the claim would write);
+  ``events.JobRequest`` is the whole parsed event, which ``store`` turns into a ``Delivery``.
 - A *lease* is ``leaseOwner`` (``instance:token``) + ``leaseExpiresAt``. The claim that wrote a
   lease recognises it by its token, so a claim whose reply was lost still knows it won.
 
@@ -83,8 +86,10 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Request:
-    """One delivery: its event, when the event was sent, and the lease token it would write."""
+class Delivery:
+    """What the claim rules need of one delivery: its event, when the event was sent, and the
+    lease token this claim would write. (``events.JobRequest`` is the whole parsed event, the
+    session it names included; ``store`` builds this view of it for each claim.)"""
 
     event_id: str
     event_time: dt.datetime | None
@@ -106,18 +111,18 @@ def instance_of(owner: object) -> str:
 
 
 def lease_state(
-    doc: dict[str, Any], request: Request, now: dt.datetime, running: Collection[str]
+    doc: dict[str, Any], delivery: Delivery, now: dt.datetime, running: Collection[str]
 ) -> Lease:
     """Classifies the document's lease; ``running`` are the lease tokens of jobs running here."""
     owner = doc.get("leaseOwner")
     expires = doc.get("leaseExpiresAt")
     if not owner or not isinstance(expires, dt.datetime):
         return Lease.NONE
-    if owner == request.owner:
+    if owner == delivery.owner:
         return Lease.MINE
     if expires <= now:
         return Lease.EXPIRED
-    if instance_of(owner) == instance_of(request.owner):
+    if instance_of(owner) == instance_of(delivery.owner):
         return Lease.OURS_LIVE if owner in running else Lease.OURS_DEAD
     return Lease.OTHERS_LIVE
 
@@ -135,13 +140,13 @@ def is_new_request(doc: dict[str, Any], event_id: str) -> bool:
     return status == FAILED and doc.get("eventId") != event_id
 
 
-def sent_before_failure(doc: dict[str, Any], request: Request) -> bool:
+def sent_before_failure(doc: dict[str, Any], delivery: Delivery) -> bool:
     """An event sent before the session failed is a copy of the failed request (a second
     trigger's event, a duplicate publish), kept while the job ran: not the user's retry."""
     failed_at = doc.get("failedAt")
-    if request.event_time is None or not isinstance(failed_at, dt.datetime):
+    if delivery.event_time is None or not isinstance(failed_at, dt.datetime):
         return False
-    return request.event_time <= failed_at
+    return delivery.event_time <= failed_at
 
 
 def attempts_so_far(doc: dict[str, Any], event_id: str) -> int:
@@ -165,7 +170,7 @@ def _is_count(value: object) -> bool:
 
 
 def request_age(
-    doc: dict[str, Any], request: Request, now: dt.datetime, updated_at: dt.datetime | None
+    doc: dict[str, Any], delivery: Delivery, now: dt.datetime, updated_at: dt.datetime | None
 ) -> float:
     """Seconds since the request this delivery would run was made.
 
@@ -175,7 +180,7 @@ def request_age(
     is ``queued``, the document's last write (the app's: the function never writes a queued
     document); the newest of these is when it was made.
     """
-    candidates = [request.event_time, doc.get("requestedAt")]
+    candidates = [delivery.event_time, doc.get("requestedAt")]
     if doc.get("processingStatus") == QUEUED:
         candidates.append(updated_at)
     times = [t for t in candidates if isinstance(t, dt.datetime)]
@@ -184,7 +189,7 @@ def request_age(
 
 def decide(
     doc: dict[str, Any] | None,
-    request: Request,
+    delivery: Delivery,
     now: dt.datetime,
     policy: Policy,
     running: Collection[str] = (),
@@ -195,7 +200,7 @@ def decide(
     if doc is None:
         return Decision(Outcome.MISSING)
     status = doc.get("processingStatus")
-    lease = lease_state(doc, request, now, running)
+    lease = lease_state(doc, delivery, now, running)
     if status == PROCESSING and lease is Lease.MINE:
         return Decision(Outcome.ACQUIRED, None, _int(doc.get("attempts")))
     if status == COMPLETED:
@@ -203,17 +208,17 @@ def decide(
     if status == CANCELLED:
         return Decision(Outcome.CANCELLED)
     if status == FAILED and (
-        doc.get("eventId") == request.event_id or sent_before_failure(doc, request)
+        doc.get("eventId") == delivery.event_id or sent_before_failure(doc, delivery)
     ):
         return Decision(Outcome.FAILED)
     if status == PROCESSING and lease in (Lease.OURS_LIVE, Lease.OTHERS_LIVE):
-        holder_event = doc.get("eventId") == request.event_id
+        holder_event = doc.get("eventId") == delivery.event_id
         return Decision(Outcome.RUNNING if holder_event else Outcome.BUSY)
-    age = request_age(doc, request, now, updated_at)
+    age = request_age(doc, delivery, now, updated_at)
     if age > policy.max_event_age_seconds:
-        fields = document.expired_fields(request.event_id, age, policy.max_event_age_seconds, now)
+        fields = document.expired_fields(delivery.event_id, age, policy.max_event_age_seconds, now)
         return Decision(Outcome.EXPIRED, fields)
-    spent = attempts_so_far(doc, request.event_id)
+    spent = attempts_so_far(doc, delivery.event_id)
     if spent >= policy.max_attempts:
         reason = doc.get("lastError") or "a temporary error"
         message = (
@@ -224,7 +229,7 @@ def decide(
         return Decision(Outcome.EXHAUSTED, fields, spent)
     attempt = spent + 1
     fields = document.claim_fields(
-        request.event_id, request.owner, attempt, now, policy.lease_seconds
+        delivery.event_id, delivery.owner, attempt, now, policy.lease_seconds
     )
     return Decision(Outcome.ACQUIRED, fields, attempt)
 

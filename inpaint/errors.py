@@ -43,6 +43,10 @@ class InvalidRequestError(PermanentError):
         super().__init__(message, code="invalid_request")
 
 
+class InvalidEventError(InvalidRequestError):
+    """The event cannot be turned into a job: logged and acknowledged, never retried."""
+
+
 class NotFoundError(PermanentError):
     """The session document or one of its input files does not exist."""
 
@@ -90,6 +94,26 @@ class DeviceStalledError(TransientError):
     reports itself unhealthy."""
 
 
+class ShutdownError(TransientError):
+    """The instance is shutting down (SIGTERM): the job gives its lease back for redelivery."""
+
+
+class OutputsRaceError(TransientError):
+    """The outputs kept changing under us (stray uploads of jobs that lost their leases)."""
+
+
 class DeliverLaterError(TransientError):
     """Not a failure: this delivery may be the only live copy of a job that is still running
     under a lease, so it must not be acknowledged. Answered 503 without a traceback."""
+
+
+# Neither permanent nor transient: the job stops without writing (whoever owns the session now
+# decides), or the step that raised reads again.
+
+
+class LeaseLostError(Exception):
+    """Our lease is gone (another instance took over, or the app cancelled or re-queued)."""
+
+
+class OutputsChangedError(Exception):
+    """An output's generation changed between our read and our conditional upload."""

@@ -25,7 +25,7 @@ from google.events.cloud.firestore import DocumentEventData
 from google.events.cloud.pubsub import MessagePublishedData
 
 from inpaint.document import QUEUED
-from inpaint.errors import InvalidRequestError
+from inpaint.errors import InvalidEventError
 
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 FIRESTORE_PREFIX = "google.cloud.firestore.document.v1."
@@ -39,10 +39,6 @@ _ID_RE = re.compile(ID_PATTERN)
 _DOC_RE = re.compile(r"(?:^|/documents/)users/([^/]+)/sessions/([^/]+)$")
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _MAX_ID_ECHO = 40
-
-
-class InvalidEventError(InvalidRequestError):
-    """The event cannot be turned into a job: logged and acknowledged, never retried."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,9 @@ SESSION_FILES = frozenset({"original.jpg", "mask_auto.png", "edited.jpg", "previ
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One unit of work: which session, and which delivery asked for it."""
+    """One unit of work, parsed from a delivered event: which session, which event asked for it
+    (ID, type, time) and its trace. The claim rules read only part of it (``claims.Delivery``,
+    with the lease token the claim would write)."""
 
     session: SessionRef
     event_id: str

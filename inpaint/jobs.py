@@ -23,32 +23,26 @@ from inpaint.document import UNCHANGED, output_paths, result_fields
 from inpaint.errors import (
     DeliverLaterError,
     DeviceStalledError,
+    InvalidEventError,
     InvalidRequestError,
+    LeaseLostError,
+    OutputsChangedError,
+    OutputsRaceError,
     PermanentError,
+    ShutdownError,
     TransientError,
 )
-from inpaint.events import Ignored, InvalidEventError, JobRequest, parse_event
+from inpaint.events import Ignored, JobRequest, parse_event
 from inpaint.gpuqueue import GpuQueue, Ticket
 from inpaint.logs import log_context
 from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
-from inpaint.store import (
-    Claim,
-    ClaimOutcome,
-    LeaseLostError,
-    Outputs,
-    OutputsChangedError,
-    SessionStore,
-)
+from inpaint.store import Claim, ClaimOutcome, Outputs, SessionStore
 from inpaint.types import GenerationParams
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
 T = TypeVar("T")
-
-
-class ShutdownError(TransientError):
-    """The instance is shutting down (SIGTERM): the job gives its lease back for redelivery."""
 
 
 def handle_event(
@@ -333,10 +327,6 @@ class JobRunner:
 
 
 OUTPUT_RACES = 5
-
-
-class OutputsRaceError(TransientError):
-    """The outputs kept changing under us (stray uploads of jobs that lost their leases)."""
 
 
 def write_outputs_steps(

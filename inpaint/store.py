@@ -35,7 +35,13 @@ from inpaint import claims, document
 from inpaint.cas import compare_and_set
 from inpaint.config import Settings
 from inpaint.document import CANCELLED, EDITED, PREVIEW, QUEUED, UNCHANGED, Unchanged
-from inpaint.errors import InvalidImageError, NotFoundError, TransientError
+from inpaint.errors import (
+    InvalidImageError,
+    LeaseLostError,
+    NotFoundError,
+    OutputsChangedError,
+    TransientError,
+)
 from inpaint.events import JobRequest, SessionRef
 
 log = logging.getLogger(__name__)
@@ -81,14 +87,6 @@ class Blobs(Protocol):
 
     def delete(self, path: str, if_generation_match: int | None) -> None:
         """Deletes (that generation only, unless None); ``NotFound``/``PreconditionFailed``."""
-
-
-class LeaseLostError(Exception):
-    """Our lease is gone (another instance took over, or the app cancelled or re-queued)."""
-
-
-class OutputsChangedError(Exception):
-    """An output's generation changed between our read and our conditional upload."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ class SessionStore:
     def claim(self, request: JobRequest, *, now: dt.datetime | None = None) -> Claim:
         """Takes the session's lease (compare-and-set), or says why not (``claims.decide``)."""
         owner = f"{self._instance}:{uuid.uuid4().hex}"
-        wanted = claims.Request(request.event_id, request.event_time, owner)
+        wanted = claims.Delivery(request.event_id, request.event_time, owner)
         path = request.session.document_path
         # Registered before the write: a concurrent claim in this process must see our lease
         # as running, not as a stale lease of ours to take over.

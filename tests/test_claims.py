@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from inpaint import claims, document
-from inpaint.claims import Decision, Lease, Outcome, Policy, Request
+from inpaint.claims import Decision, Delivery, Lease, Outcome, Policy
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 POLICY = Policy(lease_seconds=180, max_attempts=5, max_event_age_seconds=86400)
@@ -69,7 +69,7 @@ def make_doc(status, lease, attempts) -> dict:
 
 def run(status, lease, attempts, event, age) -> Decision:
     doc = make_doc(status, lease, ATTEMPTS[attempts])
-    request = Request(EVENT if event == "same" else "event-2", NOW - AGES[age], ME)
+    request = Delivery(EVENT if event == "same" else "event-2", NOW - AGES[age], ME)
     running = {ME} | ({OURS_OTHER_JOB} if lease == "ours live" else set())
     return claims.decide(doc, request, NOW, POLICY, running)
 
@@ -129,12 +129,12 @@ def test_the_answer_table_names_every_outcome():
 def test_a_crashed_holders_redelivery_is_kept_until_the_lease_expires_then_taken_over():
     """The story of issue 19: holder dies mid-job, its event comes back."""
     doc = {"processingStatus": "queued"}
-    first = claims.decide(doc, Request(EVENT, NOW, "inst2:a"), NOW, POLICY)
+    first = claims.decide(doc, Delivery(EVENT, NOW, "inst2:a"), NOW, POLICY)
     doc |= first.fields  # inst2 runs it... and dies (no release, no heartbeat)
-    again = claims.decide(doc, Request(EVENT, NOW, ME), NOW + dt.timedelta(seconds=10), POLICY)
+    again = claims.decide(doc, Delivery(EVENT, NOW, ME), NOW + dt.timedelta(seconds=10), POLICY)
     assert again == Decision(Outcome.RUNNING) and not again.outcome.acknowledges
     later = NOW + dt.timedelta(seconds=POLICY.lease_seconds + 1)
-    takeover = claims.decide(doc, Request(EVENT, NOW, ME), later, POLICY)
+    takeover = claims.decide(doc, Delivery(EVENT, NOW, ME), later, POLICY)
     assert takeover.outcome is Outcome.ACQUIRED and takeover.attempt == 2
 
 
@@ -143,14 +143,14 @@ def test_the_table_covers_every_dimension_the_issue_names():
 
 
 def test_a_missing_document_is_reported_not_created_here():
-    assert claims.decide(None, Request(EVENT, NOW, ME), NOW, POLICY) == Decision(Outcome.MISSING)
+    assert claims.decide(None, Delivery(EVENT, NOW, ME), NOW, POLICY) == Decision(Outcome.MISSING)
 
 
 def test_ten_re_edits_of_one_session_each_get_a_fresh_budget():
     """The app re-queues a completed session: attempts restart at 1 every time."""
     doc: dict = {"processingStatus": "queued"}
     for edit in range(10):
-        request = Request(f"edit-{edit}", NOW, f"inst1:{edit}")
+        request = Delivery(f"edit-{edit}", NOW, f"inst1:{edit}")
         decision = claims.decide(doc, request, NOW, POLICY)
         assert decision.outcome is Outcome.ACQUIRED and decision.attempt == 1
         doc |= decision.fields | {"processingStatus": "completed", "leaseOwner": None}
@@ -160,10 +160,10 @@ def test_ten_re_edits_of_one_session_each_get_a_fresh_budget():
 def test_redeliveries_of_one_request_spend_its_budget_then_fail_it():
     doc: dict = {"processingStatus": "queued"}
     for attempt in range(1, POLICY.max_attempts + 1):
-        decision = claims.decide(doc, Request(EVENT, NOW, f"inst1:{attempt}"), NOW, POLICY)
+        decision = claims.decide(doc, Delivery(EVENT, NOW, f"inst1:{attempt}"), NOW, POLICY)
         assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt
         doc |= decision.fields | {"leaseExpiresAt": NOW, "lastError": "ServiceUnavailable"}
-    decision = claims.decide(doc, Request(EVENT, NOW, "inst1:last"), NOW, POLICY)
+    decision = claims.decide(doc, Delivery(EVENT, NOW, "inst1:last"), NOW, POLICY)
     assert decision.outcome is Outcome.EXHAUSTED
     assert (
         "after 5 attempts; the last error was: ServiceUnavailable"
@@ -172,7 +172,7 @@ def test_redeliveries_of_one_request_spend_its_budget_then_fail_it():
 
 
 def test_expired_message_names_the_age_and_the_limit():
-    old = Request(EVENT, NOW - dt.timedelta(hours=30), ME)
+    old = Delivery(EVENT, NOW - dt.timedelta(hours=30), ME)
     decision = claims.decide({"processingStatus": "queued"}, old, NOW, POLICY)
     assert decision.fields["errorMessage"] == (
         "The request expired: it was sent 30 hours ago, more than the limit of 24 hours. "
@@ -195,7 +195,7 @@ def test_expired_message_names_the_age_and_the_limit():
 def test_lease_states(lease, state):
     running = {ME} | ({OURS_OTHER_JOB} if lease == "ours live" else set())
     doc = make_doc("processing", lease, 1)
-    assert claims.lease_state(doc, Request(EVENT, NOW, ME), NOW, running) is state
+    assert claims.lease_state(doc, Delivery(EVENT, NOW, ME), NOW, running) is state
 
 
 COMPLETE = {"processingStatus": "completed", "updatedAt": NOW, "leaseOwner": None}
@@ -237,7 +237,7 @@ FAILED_AT = NOW - dt.timedelta(seconds=5)
 )
 def test_an_event_sent_before_the_failure_is_not_a_retry(event_id, sent, expected):
     doc = {"processingStatus": "failed", "eventId": EVENT, "failedAt": FAILED_AT, "attempts": 5}
-    decision = claims.decide(doc, Request(event_id, sent, ME), NOW, POLICY)
+    decision = claims.decide(doc, Delivery(event_id, sent, ME), NOW, POLICY)
     assert decision.outcome is expected
     assert decision.outcome.acknowledges is (expected is Outcome.FAILED)
     if expected is Outcome.ACQUIRED:
@@ -269,14 +269,14 @@ MINUTE_AGO = NOW - dt.timedelta(minutes=1)
     ],
 )
 def test_request_age(doc, event_time, updated_at, age_seconds):
-    request = Request(EVENT, event_time, ME)
+    request = Delivery(EVENT, event_time, ME)
     assert claims.request_age(doc, request, NOW, updated_at) == pytest.approx(age_seconds)
 
 
 def test_regression_a_stale_copy_does_not_expire_the_new_request():
     """Issue 27, defect 6: before, the copy's age failed the new request as expired."""
     doc = {"processingStatus": "queued", "eventId": "previous-request"}
-    stale = Request("previous-request", OLD_EVENT, ME)
+    stale = Delivery("previous-request", OLD_EVENT, ME)
     decision = claims.decide(doc, stale, NOW, POLICY, updated_at=MINUTE_AGO)
     assert decision.outcome is Outcome.ACQUIRED and decision.attempt == 1
 
@@ -294,5 +294,5 @@ def test_a_job_that_died_while_only_waiting_for_the_gpu_gets_its_attempt_back(po
         "leaseExpiresAt": NOW - dt.timedelta(seconds=1),
         "queuePosition": position,
     }
-    decision = claims.decide(doc, Request(EVENT, NOW, ME), NOW, POLICY)
+    decision = claims.decide(doc, Delivery(EVENT, NOW, ME), NOW, POLICY)
     assert decision.outcome is Outcome.ACQUIRED and decision.attempt == attempt

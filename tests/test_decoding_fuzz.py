@@ -33,12 +33,16 @@ from PIL import Image
 from benchmarks import hostile_inputs as hostile
 from inpaint import decoding, sandbox
 from inpaint.config import Settings
-from inpaint.errors import InvalidRequestError, MaskMismatchError, PermanentError
+from inpaint.errors import (
+    InvalidEventError,
+    InvalidRequestError,
+    MaskMismatchError,
+    PermanentError,
+)
 from inpaint.events import (
     FIRESTORE_PREFIX,
     PUBSUB_TYPE,
     Ignored,
-    InvalidEventError,
     JobRequest,
     parse_event,
     validate_id,

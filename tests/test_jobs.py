@@ -13,16 +13,17 @@ from inpaint.document import UNCHANGED
 from inpaint.errors import (
     DeviceStalledError,
     InvalidRequestError,
+    LeaseLostError,
+    OutputsRaceError,
     PermanentError,
+    ShutdownError,
     TransientError,
 )
 from inpaint.events import SessionRef
 from inpaint.jobs import (
     MAX_SEED,
     Heartbeat,
-    OutputsRaceError,
     Phase,
-    ShutdownError,
     Tick,
     describe_error,
     handle_event,
@@ -30,7 +31,7 @@ from inpaint.jobs import (
     job_params,
     spends_attempt,
 )
-from inpaint.store import Claim, ClaimOutcome, LeaseLostError
+from inpaint.store import Claim, ClaimOutcome
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 

@@ -272,7 +272,8 @@ IDS = [
 
 
 def _accepted_by_the_function(name: str) -> bool:
-    from inpaint.events import InvalidEventError, validate_id
+    from inpaint.errors import InvalidEventError
+    from inpaint.events import validate_id
 
     try:
         validate_id("sessionId", name)

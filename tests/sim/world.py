@@ -36,16 +36,17 @@ from inpaint.config import Settings
 from inpaint.errors import (
     DeliverLaterError,
     DeviceStalledError,
+    LeaseLostError,
+    OutputsRaceError,
     PermanentError,
+    ShutdownError,
     TransientError,
 )
 from inpaint.events import PUBSUB_TYPE, JobRequest, SessionRef
 from inpaint.gpuqueue import FairQueue, Ticket, turn_bound
 from inpaint.jobs import (
     JobRunner,
-    OutputsRaceError,
     Phase,
-    ShutdownError,
     Tick,
     heartbeat_interval,
     heartbeat_tick,
@@ -57,7 +58,6 @@ from inpaint.store import (
     MASK,
     PHOTO,
     ClaimOutcome,
-    LeaseLostError,
     SessionStore,
 )
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
