@@ -201,4 +201,4 @@ RUN python -m compileall -q /app
 USER 10001:10001
 EXPOSE 8080
 # Cloud Run sets $PORT; gunicorn.conf.py binds to it (8080 when unset).
-CMD ["gunicorn", "--config", "gunicorn.conf.py", "inpaint.wsgi:app"]
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "inpaint.serving.app:create_app()"]

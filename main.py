@@ -5,10 +5,11 @@
 - ``health``: HTTP target answering ``/health`` (liveness) and ``/ready`` (readiness).
   ``functions-framework --target health``.
 
-Importing this module starts loading the FLUX pipeline in the background (``inpaint.service``).
-Production serves both targets from one process: ``inpaint/wsgi.py`` builds the event target's app
-from this file (functions-framework loads a target's source by path, as its CLI does) and adds
-the health routes from ``inpaint.probes``.
+Importing this module starts loading the FLUX pipeline in the background
+(``inpaint.serving.process``). Production serves both targets from one process:
+``inpaint/serving/app.py`` builds the event target's app from this file (functions-framework loads a
+target's source by path, as its CLI does) and adds the health routes from
+``inpaint.serving.probes``.
 """
 
 from __future__ import annotations
@@ -17,26 +18,25 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from inpaint import service
-from inpaint.bodies import acknowledge_unparseable_body
 from inpaint.config import get_settings
 from inpaint.errors import DeliverLaterError
 from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
-from inpaint.probes import probe_response
-from inpaint.serving import EVENT_TARGET
+from inpaint.serving import EVENT_TARGET, process
+from inpaint.serving.bodies import acknowledge_unparseable_body
+from inpaint.serving.probes import probe_response
 
 configure_logging()
-if service.launched_by_forking_cli():
+if process.launched_by_forking_cli():
     # `functions-framework --target ...` imports this file in gunicorn's master, then forks the
     # worker that serves: load there, not here (a CUDA context does not survive a fork).
-    service.warm_up_in_forked_workers()
+    process.warm_up_in_forked_workers()
     if flask.has_app_context() and flask.current_app.name == EVENT_TARGET:
         # The CLI builds the event target's app around this import: bodies its parsing would
         # answer 500 are acknowledged instead (production's app does this after its body limit).
         flask.current_app.before_request(acknowledge_unparseable_body)
 else:
-    service.WARMUP.start()
+    process.WARMUP.start()
 
 
 @functions_framework.cloud_event
@@ -47,13 +47,13 @@ def handle_session(cloud_event: CloudEvent) -> None:
     )
     handle_event(
         cloud_event,
-        service.STORE,
-        service.require_model,
+        process.STORE,
+        process.require_model,
         get_settings(),
         trace_header=trace,
-        shutdown=service.SHUTDOWN,
-        queue=service.GPU_QUEUE,
-        stalled=service.gpu_stall,
+        shutdown=process.SHUTDOWN,
+        queue=process.GPU_QUEUE,
+        stalled=process.gpu_stall,
     )
 
 

@@ -1,10 +1,10 @@
 """Soak: N jobs through the Pub/Sub emulator's push subscription into one server process.
 
-The server is started with the production serving command (gunicorn, ``inpaint.wsgi:app``) and
-the tiny model, against Google's Firestore and Pub/Sub emulators and fake-gcs-server. Each job is
-created the way the app does it (photo + mask in Storage, a ``queued`` session document) and then
-published as ``{"userId", "sessionId"}``; Pub/Sub pushes it to the function and redelivers
-whatever is not acknowledged.
+The server is started with the production serving command (gunicorn,
+``inpaint.serving.app:create_app()``) and the tiny model, against Google's Firestore and Pub/Sub
+emulators and fake-gcs-server. Each job is created the way the app does it (photo + mask in Storage,
+a ``queued`` session document) and then published as ``{"userId", "sessionId"}``; Pub/Sub pushes it
+to the function and redelivers whatever is not acknowledged.
 
 Reported: jobs completed, lost (not completed when the run ends), failed, duplicated (claimed
 more than once according to the server's log, or ``attempts`` > 1), latency from publish to the

@@ -1,13 +1,13 @@
 """The production app in this process, driven through functions-framework's own test client.
 
-``inprocess_app`` builds the app exactly as production does (``inpaint.wsgi.create_app``, which
-has functions-framework load ``main.py``), with the process state ``main.py`` uses swapped for
+``inprocess_app`` builds the app exactly as production does (``inpaint.serving.app.create_app``,
+which has functions-framework load ``main.py``), with the process state ``main.py`` uses swapped for
 this test's own: the session store is the real ``SessionStore`` over the in-memory Firestore and
 Storage backends (``tests/sim/fakes.py``, held to the emulators' behaviour by
-``tests/e2e/test_store_backends.py``), and the model is the tiny one loaded by the production
-loader (``service.load_and_warm``) once per process. A delivery runs the whole job inside the
-request, so the document is final when the answer comes: no waiting, no server per case.
-``tests/e2e`` keeps one case per failure class against the real servers.
+``tests/e2e/test_store_backends.py``), and the model is the tiny one loaded by the production loader
+(``process.load_and_warm``) once per process. A delivery runs the whole job inside the request, so
+the document is final when the answer comes: no waiting, no server per case. ``tests/e2e`` keeps one
+case per failure class against the real servers.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import pytest
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from inpaint import service
 from inpaint.config import Settings, get_settings
 from inpaint.gpuqueue import GpuQueue
+from inpaint.serving import process
 from inpaint.store import SessionStore, utcnow
 from tests.samples import ellipse_mask, photo_jpeg
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
@@ -44,7 +44,7 @@ def _tiny_model(settings: Settings) -> Any:
     key = f"{settings.model_dir}|{settings.quant}|{settings.device}"
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = service.load_and_warm(settings)
+            _MODELS[key] = process.load_and_warm(settings)
         return _MODELS[key]
 
 
@@ -110,7 +110,7 @@ class InProcess:
 def inprocess_app(model_dir: Path, **env: str) -> Iterator[InProcess]:
     """The production app over in-memory Firebase, the tiny model and ``FAST_SETTINGS | env``.
 
-    Restores the process afterwards: the environment, the settings cache, ``service``'s
+    Restores the process afterwards: the environment, the settings cache, ``process``'s
     globals and the SIGTERM handler ``create_app`` chains onto.
     """
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -124,14 +124,14 @@ def inprocess_app(model_dir: Path, **env: str) -> Iterator[InProcess]:
         docs = MemoryDocuments(utcnow, faults)
         blobs = MemoryBlobs(faults)
         store = SessionStore(settings, docs, blobs, instance=f"inprocess-{uuid.uuid4().hex[:6]}")
-        patch.setattr(service, "STORE", lambda: store)
-        patch.setattr(service, "WARMUP", service.Warmup(lambda: model, stall=service.gpu_stall))
-        patch.setattr(service, "GPU_QUEUE", GpuQueue())
-        patch.setattr(service, "SHUTDOWN", threading.Event())
-        from inpaint import wsgi
+        patch.setattr(process, "STORE", lambda: store)
+        patch.setattr(process, "WARMUP", process.Warmup(lambda: model, stall=process.gpu_stall))
+        patch.setattr(process, "GPU_QUEUE", GpuQueue())
+        patch.setattr(process, "SHUTDOWN", threading.Event())
+        from inpaint.serving import app as production
 
-        app = wsgi.create_app()
-        service.require_model()  # the warm-up thread hands the loaded model over
+        app = production.create_app()
+        process.require_model()  # the warm-up thread hands the loaded model over
         try:
             yield InProcess(app.test_client(), docs, blobs, faults, settings)
         finally:

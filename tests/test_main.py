@@ -1,8 +1,8 @@
 """``main.py``'s event target in this process, through functions-framework's own test client.
 
-The production app (``inpaint.wsgi.create_app`` loading ``main.py``) over the real session store
-on the in-memory Firebase backends and the tiny model (``tests/inprocess.py``). Every branch of a
-delivery's answer: the hostile events and sessions of ``tests/hostile_cases.py``, the input
+The production app (``inpaint.serving.app.create_app`` loading ``main.py``) over the real session
+store on the in-memory Firebase backends and the tiny model (``tests/inprocess.py``). Every branch
+of a delivery's answer: the hostile events and sessions of ``tests/hostile_cases.py``, the input
 limits, and each way a claimed job ends (a permanent error, a transient one, the last attempt, a
 lease lost while writing, a missing or busy session, a duplicate, a stale or expired request,
 shutdown). ``tests/e2e`` proves the same wiring against the real servers once per failure class.
@@ -323,15 +323,15 @@ def test_a_duplicate_of_a_completed_job_is_acknowledged_without_work(app):
 
 def test_no_job_starts_while_the_instance_shuts_down(app):
     """SIGTERM came: 500 before any claim, so the copy is redelivered elsewhere."""
-    from inpaint import service
+    from inpaint.serving import process
 
     user, session = app.create()
     before = app.everything()
-    service.SHUTDOWN.set()
+    process.SHUTDOWN.set()
     try:
         assert app.post(*eventlib.pubsub_binary(user, session)).status_code == 500
     finally:
-        service.SHUTDOWN.clear()
+        process.SHUTDOWN.clear()
     assert app.everything() == before
 
 

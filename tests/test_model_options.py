@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from inpaint import service
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError, TransientError
 from inpaint.model import InpaintModel, check_attention_backend, encoders
+from inpaint.serving import process
 from inpaint.types import GenerationParams
 
 
@@ -221,7 +221,7 @@ def test_a_gpu_failure_under_jobs_is_transient_and_then_replaces_the_instance(
     comes between; three in a row, or one fatal CUDA error, and /health answers 503 (Cloud
     Run replaces the instance) and no job is taken any more."""
     model = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
-    warmup = service.Warmup(lambda: model)
+    warmup = process.Warmup(lambda: model)
     warmup._run(warmup._generation)
     real_call = type(model.pipe).__call__
 

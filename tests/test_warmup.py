@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inpaint import service
 from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError, TransientError
+from inpaint.serving import process
 
 
 def loader_failing(times: int, error: Exception):
@@ -23,22 +23,22 @@ def loader_failing(times: int, error: Exception):
 @pytest.mark.parametrize(
     ("failures", "error", "state", "calls", "message"),
     [
-        (0, RuntimeError("boom"), service.State.READY, 1, None),
-        (2, RuntimeError("boom"), service.State.READY, 3, None),
-        (3, RuntimeError("boom"), service.State.FAILED, 3, "RuntimeError: boom"),
-        (1, ModelFilesMissingError("run the weights command"), service.State.FAILED, 1, None),
-        (1, DeviceUnavailableError("INPAINT_DEVICE=cuda"), service.State.FAILED, 1, None),
+        (0, RuntimeError("boom"), process.State.READY, 1, None),
+        (2, RuntimeError("boom"), process.State.READY, 3, None),
+        (3, RuntimeError("boom"), process.State.FAILED, 3, "RuntimeError: boom"),
+        (1, ModelFilesMissingError("run the weights command"), process.State.FAILED, 1, None),
+        (1, DeviceUnavailableError("INPAINT_DEVICE=cuda"), process.State.FAILED, 1, None),
     ],
     ids=["first try", "third try", "attempts spent", "missing files: no retry", "no GPU: no retry"],
 )
 def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state, calls, message):
-    monkeypatch.setattr(service, "LOAD_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(process, "LOAD_BACKOFF_SECONDS", 0.0)
     load, made = loader_failing(failures, error)
-    warmup = service.Warmup(load)
+    warmup = process.Warmup(load)
     warmup._run(warmup._generation)
     assert warmup.state is state
     assert len(made) == calls
-    if state is service.State.READY:
+    if state is process.State.READY:
         assert warmup.model == "model" and warmup.error is None
     else:
         assert warmup.error == (message or str(error))
@@ -55,14 +55,14 @@ def test_warmup_retries_what_a_retry_can_fix(monkeypatch, failures, error, state
     ],
 )
 def test_warmup_side(on_gpu, megapixels, side):
-    assert service.warmup_side(on_gpu, megapixels) == side
+    assert process.warmup_side(on_gpu, megapixels) == side
 
 
 @pytest.mark.parametrize(
     ("silent", "limit", "hung"), [(0.0, 300, False), (300, 300, False), (301, 300, True)]
 )
 def test_stall_reason(silent, limit, hung):
-    reason = service.stall_reason(silent, limit)
+    reason = process.stall_reason(silent, limit)
     assert (reason is not None) is hung
     if hung:
         assert "INPAINT_GPU_STALL_SECONDS=300" in reason
@@ -71,7 +71,7 @@ def test_stall_reason(silent, limit, hung):
 def test_a_hung_gpu_call_makes_health_503_and_refuses_jobs():
     """Issue 27, defect 2: before, /health looked only at warm-up and device errors."""
     hung: list[str | None] = [None]
-    warmup = service.Warmup(lambda: object(), stall=lambda: hung[0])
+    warmup = process.Warmup(lambda: object(), stall=lambda: hung[0])
     warmup.start()
     assert warmup.require(10) is not None
     assert warmup.health()[0] == 200

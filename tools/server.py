@@ -36,7 +36,7 @@ FAST_SETTINGS = {
 
 
 class ServerProcess:
-    """gunicorn serving inpaint.wsgi:app on a free loopback port, logs in a file."""
+    """gunicorn serving inpaint.serving.app:create_app() on a free loopback port, logs in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, argv: list[str] | None = None):
         self.port = free_port()

@@ -5,7 +5,7 @@ through ``claims.decide`` and ``cas.compare_and_set``, lease writes, ``claims.fi
 the output protocol (``jobs.write_outputs_steps``, interleaved at each of its I/O steps), the fair
 GPU queue (``gpuqueue.FairQueue``), which stops spend an attempt (``jobs.spends_attempt``), the
 heartbeat's decisions (``jobs.heartbeat_tick``, ``jobs.heartbeat_interval``), the hung-GPU verdict
-(``service.stall_reason``), the parameter checks (``jobs.job_params``) and how each claim outcome
+(``process.stall_reason``), the parameter checks (``jobs.job_params``) and how each claim outcome
 is answered (``claims.Outcome.acknowledges``).
 
 What is simulated (simpy processes on one virtual clock, no threads, no wall time): Firestore and
@@ -53,7 +53,7 @@ from inpaint.jobs import (
     job_params,
     write_outputs_steps,
 )
-from inpaint.service import stall_reason
+from inpaint.serving.process import stall_reason
 from inpaint.store import (
     MASK,
     PHOTO,

@@ -9,7 +9,7 @@ Cloud Run replaces the instance instead of feeding it events. The same happens l
 GPU fails under jobs (``inpaint.gpuhealth``: a fatal CUDA error, or out of memory several jobs in
 a row).
 
-The loader runs in the process that serves requests. Production (``inpaint.wsgi`` under
+The loader runs in the process that serves requests. Production (``inpaint.serving.app`` under
 gunicorn, no preload) creates the app in its worker and starts loading there. Only the
 functions-framework CLI imports ``main.py`` before forking its worker; ``main.py`` then registers
 ``warm_up_in_forked_workers`` so the child loads and the parent does not: a CUDA context does not

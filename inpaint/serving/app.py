@@ -1,13 +1,15 @@
 """The production WSGI app: one process serving the event target and the health routes.
 
-``functions_framework.create_app`` builds the CloudEvent app from ``main.py`` (the public way:
-the framework loads a target's source file by path, as its CLI does; the file's errorhandler is
-registered on this app then); the health routes come from ``inpaint.probes`` (the same answers as
-``main.health``). Event-level problems that a redelivery cannot fix (a body
+gunicorn builds it in its worker by calling the factory (``inpaint.serving.app:create_app()``,
+``SERVE_ARGV``); importing this module builds nothing. ``functions_framework.create_app`` builds
+the CloudEvent app from ``main.py`` (the public way: the framework loads a target's source file
+by path, as its CLI does; the file's errorhandler is registered on this app then); the health
+routes come from ``inpaint.serving.probes`` (the same answers as ``main.health``). Event-level
+problems that a redelivery cannot fix (a body
 that is not a CloudEvent or cannot be parsed at all, a body over the size limit) are
 acknowledged with 200 and logged: any other status would make Pub/Sub redeliver them for a
-day. SIGTERM (Cloud Run stopping the instance) sets ``service.SHUTDOWN`` before gunicorn's own
-graceful exit: see ``service.stop_on_sigterm``.
+day. SIGTERM (Cloud Run stopping the instance) sets ``process.SHUTDOWN`` before gunicorn's own
+graceful exit: see ``process.stop_on_sigterm``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from inpaint import service
-from inpaint.bodies import acknowledge_unparseable_body
 from inpaint.config import get_settings
-from inpaint.probes import probe_response
-from inpaint.serving import EVENT_TARGET
+from inpaint.serving import EVENT_TARGET, process
+from inpaint.serving.bodies import acknowledge_unparseable_body
+from inpaint.serving.probes import probe_response
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).resolve().parent.parent / "main.py"
+SOURCE = Path(__file__).resolve().parents[2] / "main.py"
 
 
 def create_app() -> flask.Flask:
@@ -47,7 +48,7 @@ def create_app() -> flask.Flask:
         app.register_error_handler(error, _acknowledge_bad_event)
     if threading.current_thread() is threading.main_thread():
         # gunicorn's worker has set its own SIGTERM handler by now (before loading the app).
-        service.stop_on_sigterm()
+        process.stop_on_sigterm()
     return app
 
 
@@ -75,6 +76,3 @@ def _acknowledge_bad_event(error: HTTPException) -> tuple[str, int]:
         extra={"status": error.code, "reason": error.name, "bytes": flask.request.content_length},
     )
     return f"acknowledged, not processed: {error.name}\n", 200
-
-
-app = create_app()

@@ -1,8 +1,8 @@
 """Event bodies that the framework's own parsing cannot handle, acknowledged before it tries.
 
 A ``before_request`` hook for the event target's Flask app: the production app
-(``inpaint.wsgi``, after its body-size limit) and the functions-framework CLI's app (``main.py``)
-both register it.
+(``inpaint.serving.app``, after its body-size limit) and the functions-framework CLI's app
+(``main.py``) both register it.
 """
 
 from __future__ import annotations
