@@ -2,7 +2,7 @@
 
 One worker process owns the GPU; no preload, so the app (and the CUDA context) is created in the
 worker, never in the forking master. Several threads let /health and /ready answer while jobs
-run; the GPU queue (inpaint/gpuqueue.py) gives the GPU to one admitted job at a time. No
+run; the GPU queue (inpaint/session/gpuqueue.py) gives the GPU to one admitted job at a time. No
 worker timeout: Cloud Run's request timeout bounds a job, and a long denoising loop must not
 look like a hung worker. No control socket: gunicorn 27
 creates one under $HOME/.gunicorn by default, which fails on a read-only root filesystem and

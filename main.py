@@ -20,11 +20,11 @@ from cloudevents.http import CloudEvent
 
 from inpaint.config import get_settings
 from inpaint.errors import DeliverLaterError
-from inpaint.jobs import handle_event
 from inpaint.logs import configure_logging
 from inpaint.serving import EVENT_TARGET, process
 from inpaint.serving.bodies import acknowledge_unparseable_body
 from inpaint.serving.probes import probe_response
+from inpaint.session.jobs import handle_event
 
 configure_logging()
 if process.launched_by_forking_cli():

@@ -332,9 +332,9 @@ class Settings(BaseSettings):
         return f"{self.project_id}.firebasestorage.app" if self.project_id else None
 
 
-# The fair GPU queue's bound (``inpaint.gpuqueue`` applies it; here because the delivery check
-# below needs it and the image's weights stage imports this module without the queue). Passes by
-# later-admitted jobs after which a job goes next: one keeps the fair order's point (a user's
+# The fair GPU queue's bound (``inpaint.session.gpuqueue`` applies it; here because the delivery
+# check below needs it and the image's weights stage imports this module without the queue). Passes
+# by later-admitted jobs after which a job goes next: one keeps the fair order's point (a user's
 # second job yields once to another user's first) while the wait stays within one more job than
 # first come, first served.
 MAX_PASSES = 1
@@ -363,8 +363,8 @@ def delivery_contradictions(s: Settings) -> list[str]:
             f"INPAINT_ACK_DEADLINE_SECONDS={s.ack_deadline_seconds}: the redelivery of a job "
             "whose instance died would find its lease still held"
         )
-    # The heartbeat renews the lease every min(progress interval, lease / 3) (inpaint/jobs.py);
-    # one renewal may retry its write for up to the I/O deadline.
+    # The heartbeat renews the lease every min(progress interval, lease / 3)
+    # (inpaint/session/heartbeat.py); one renewal may retry its write for up to the I/O deadline.
     heartbeat = max(0.2, min(s.progress_interval_seconds, s.lease_seconds / 3))
     if heartbeat + s.io_deadline_seconds >= s.lease_seconds:
         problems.append(

@@ -117,3 +117,9 @@ class LeaseLostError(Exception):
 
 class OutputsChangedError(Exception):
     """An output's generation changed between our read and our conditional upload."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One short line for logs and the recorded error: the type and the first line of text."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

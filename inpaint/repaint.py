@@ -1,7 +1,7 @@
 """Photo + mask bytes -> edited.jpg + preview.jpg bytes: the part of a job that needs no cloud.
 
-The cloud function (``inpaint.jobs``) and the local CLI (``python -m inpaint run``) both call
-``repaint``, so the command line exercises exactly the code that production runs.
+The cloud function (``inpaint.session.jobs``) and the local CLI (``python -m inpaint run``) both
+call ``repaint``, so the command line exercises exactly the code that production runs.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from inpaint.config import Settings, get_settings
-from inpaint.gpuqueue import GpuQueue
 from inpaint.serving import process
-from inpaint.store import SessionStore, utcnow
+from inpaint.session.gpuqueue import GpuQueue
+from inpaint.session.store import SessionStore, utcnow
 from tests.samples import ellipse_mask, photo_jpeg
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
 from tools.server import FAST_SETTINGS

@@ -1,4 +1,4 @@
-"""The compare-and-set loop (inpaint.cas), table-driven against an in-memory document.
+"""The compare-and-set loop (inpaint.session.cas), table-driven against an in-memory document.
 
 The e2e tests prove the loop against the real Firestore emulator (racing claims, a reply lost by
 the fault proxy); here every branch is driven one by one: lost races, lost answers whose write
@@ -15,8 +15,8 @@ import pytest
 import tenacity
 from google.api_core import exceptions as gexc
 
-from inpaint.cas import compare_and_set
 from inpaint.errors import TransientError
+from inpaint.session.cas import compare_and_set
 
 # What one write does: "ok" lands and answers; "race" finds the version changed (someone wrote
 # first: their write lands instead); "gone" finds the document deleted; "aborted" is Firestore's

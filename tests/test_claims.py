@@ -1,4 +1,4 @@
-"""Table-driven tests of the claim state machine (``inpaint.claims``, pure: no I/O).
+"""Table-driven tests of the claim state machine (``inpaint.session.claims``, pure: no I/O).
 
 Every combination of status x lease x attempts x event x age is decided and compared with the
 table below; the real-stack tests in tests/e2e prove the same rules through Firestore.
@@ -11,8 +11,8 @@ import itertools
 
 import pytest
 
-from inpaint import claims, document
-from inpaint.claims import Decision, Delivery, Lease, Outcome, Policy
+from inpaint.session import claims, document
+from inpaint.session.claims import Decision, Delivery, Lease, Outcome, Policy
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 POLICY = Policy(lease_seconds=180, max_attempts=5, max_event_age_seconds=86400)

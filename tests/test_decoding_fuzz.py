@@ -39,7 +39,7 @@ from inpaint.errors import (
     MaskMismatchError,
     PermanentError,
 )
-from inpaint.events import (
+from inpaint.session.events import (
     FIRESTORE_PREFIX,
     PUBSUB_TYPE,
     Ignored,
@@ -47,7 +47,7 @@ from inpaint.events import (
     parse_event,
     validate_id,
 )
-from inpaint.jobs import MAX_SEED, job_params
+from inpaint.session.jobs import MAX_SEED, job_params
 from inpaint.types import GenerationParams
 
 LIMITS = decoding.ImageLimits(max_bytes=40 * 1024 * 1024, max_pixels=50_000_000)

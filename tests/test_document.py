@@ -1,4 +1,4 @@
-"""The session document's declaration (``inpaint.document.FIELDS``) against everything that
+"""The session document's declaration (``inpaint.session.document.FIELDS``) against everything that
 writes or describes the document: the function's writes, ``firestore.rules`` (the app's writes)
 and README's field table."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from inpaint import document
-from inpaint.document import (
+from inpaint.session import document
+from inpaint.session.document import (
     FIELDS,
     STATUSES,
     UNCHANGED,
@@ -19,7 +19,7 @@ from inpaint.document import (
     Writer,
     written_at,
 )
-from inpaint.events import SessionRef
+from inpaint.session.events import SessionRef
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)

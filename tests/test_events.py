@@ -9,7 +9,7 @@ import json
 import pytest
 from cloudevents.http import from_http
 
-from inpaint.events import (
+from inpaint.session.events import (
     Ignored,
     InvalidEventError,
     JobRequest,

@@ -1,5 +1,5 @@
-"""The instance's GPU queue (``inpaint.gpuqueue``): the fair order as pure functions, table-tested,
-then the blocking turn with threads (waiting on events, never on sleeps)."""
+"""The instance's GPU queue (``inpaint.session.gpuqueue``): the fair order as pure functions,
+table-tested, then the blocking turn with threads (waiting on events, never on sleeps)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from inpaint.errors import DeliverLaterError, TransientError
-from inpaint.gpuqueue import (
+from inpaint.session.gpuqueue import (
     FairQueue,
     GpuQueue,
     Ticket,

@@ -79,6 +79,8 @@ def test_the_serving_path_never_imports_the_random_model_builder():
     """``inpaint.randmodel`` serves the CLI's ``tiny`` command, the tests and the image's tiny
     weights stage; nothing the production app imports may reach it."""
     graph = import_graph()
-    served = _reachable(graph, "inpaint.serving.app") | _reachable(graph, "inpaint.jobs")
-    assert {"inpaint.serving.process", "inpaint.model.inpainter", "inpaint.firebase"} <= served
+    served = _reachable(graph, "inpaint.serving.app") | _reachable(graph, "inpaint.session.jobs")
+    assert {"inpaint.serving.process", "inpaint.model.inpainter", "inpaint.session.firebase"} <= (
+        served
+    )
     assert not {name for name in served if name.startswith("inpaint.randmodel")}

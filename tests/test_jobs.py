@@ -9,7 +9,6 @@ import threading
 import pytest
 
 from inpaint.config import Settings
-from inpaint.document import UNCHANGED
 from inpaint.errors import (
     DeviceStalledError,
     InvalidRequestError,
@@ -18,20 +17,13 @@ from inpaint.errors import (
     PermanentError,
     ShutdownError,
     TransientError,
-)
-from inpaint.events import SessionRef
-from inpaint.jobs import (
-    MAX_SEED,
-    Heartbeat,
-    Phase,
-    Tick,
     describe_error,
-    handle_event,
-    heartbeat_tick,
-    job_params,
-    spends_attempt,
 )
-from inpaint.store import Claim, ClaimOutcome
+from inpaint.session.document import UNCHANGED
+from inpaint.session.events import SessionRef
+from inpaint.session.heartbeat import Heartbeat, Tick, heartbeat_tick
+from inpaint.session.jobs import MAX_SEED, Phase, handle_event, job_params, spends_attempt
+from inpaint.session.store import Claim, ClaimOutcome
 
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)
 

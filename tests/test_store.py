@@ -9,11 +9,16 @@ import datetime as dt
 import pytest
 
 from inpaint.config import Settings
-from inpaint.document import output_paths
 from inpaint.errors import LeaseLostError
-from inpaint.events import JobRequest, SessionRef
-from inpaint.jobs import run_steps, write_outputs, write_outputs_steps
-from inpaint.store import ClaimOutcome, SessionStore
+from inpaint.session.document import output_paths
+from inpaint.session.events import JobRequest, SessionRef
+from inpaint.session.store import (
+    ClaimOutcome,
+    SessionStore,
+    run_steps,
+    write_outputs,
+    write_outputs_steps,
+)
 from tests.sim.fakes import MemoryBlobs, MemoryDocuments
 
 SESSION = SessionRef("u1", "s1")

@@ -33,9 +33,9 @@ import tenacity
 
 from inpaint.config import Settings, get_settings
 from inpaint.errors import StartupError, TransientError
-from inpaint.firebase import FirebaseStore
-from inpaint.gpuqueue import GpuQueue
 from inpaint.imaging import work_size_for
+from inpaint.session.firebase import FirebaseStore
+from inpaint.session.gpuqueue import GpuQueue
 
 log = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def _outcomes(server, session_id: str) -> list[str]:
     return [
         r["message"]
         for r in log_records(server)
-        if r.get("sessionId") == session_id and r.get("logger") == "inpaint.jobs"
+        if r.get("sessionId") == session_id and r.get("logger") == "inpaint.session.jobs"
     ]
 
 

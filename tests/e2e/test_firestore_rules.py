@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from inpaint.config import Settings
-from inpaint.jobs import MAX_SEED
+from inpaint.session.jobs import MAX_SEED
 from tools import eventlib
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,7 +273,7 @@ IDS = [
 
 def _accepted_by_the_function(name: str) -> bool:
     from inpaint.errors import InvalidEventError
-    from inpaint.events import validate_id
+    from inpaint.session.events import validate_id
 
     try:
         validate_id("sessionId", name)
@@ -283,9 +283,9 @@ def _accepted_by_the_function(name: str) -> bool:
 
 
 def test_the_rules_take_the_functions_id_definition():
-    """One definition: the rules' idOk() pattern is inpaint/events.py's ID_PATTERN, and the
+    """One definition: the rules' idOk() pattern is inpaint/session/events.py's ID_PATTERN, and the
     rules apply it to the user and the session ID of every new or re-queued job."""
-    from inpaint.events import ID_PATTERN
+    from inpaint.session.events import ID_PATTERN
 
     text = RULES.read_text()
     (pattern,) = re.findall(r"function idOk\(id\) \{\s*return id\.matches\('([^']*)'\);", text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from inpaint.errors import InvalidEventError
-from inpaint.events import SESSION_FILES, SessionRef, validate_id
+from inpaint.session.events import SESSION_FILES, SessionRef, validate_id
 from tests.e2e.conftest import bucket_state, firestore_state, inference_count
 from tools import eventlib
 from tools.server import log_records

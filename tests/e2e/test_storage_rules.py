@@ -17,8 +17,8 @@ from pathlib import Path
 import requests
 
 from inpaint.config import Settings
-from inpaint.events import SessionRef
-from inpaint.firebase import EDITED, MASK, PHOTO, PREVIEW
+from inpaint.session.events import SessionRef
+from inpaint.session.firebase import EDITED, MASK, PHOTO, PREVIEW
 
 RULES = (Path(__file__).resolve().parents[2] / "storage.rules").read_text()
 

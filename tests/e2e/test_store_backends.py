@@ -15,8 +15,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 
-from inpaint.firebase import FirestoreDocuments, GcsBlobs
-from inpaint.store import Blobs, Documents
+from inpaint.session.firebase import FirestoreDocuments, GcsBlobs
+from inpaint.session.store import Blobs, Documents
 from tests.sim.fakes import MemoryBlobs, MemoryDocuments
 
 

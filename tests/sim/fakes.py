@@ -20,7 +20,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from inpaint.store import BlobInfo, Fields
+from inpaint.session.store import BlobInfo, Fields
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Faults:
 
 
 class MemoryDocuments:
-    """``inpaint.store.Documents`` in memory; ``clock`` gives the versions."""
+    """``inpaint.session.store.Documents`` in memory; ``clock`` gives the versions."""
 
     def __init__(self, clock: Callable[[], dt.datetime], faults: Faults | None = None) -> None:
         self._clock = clock
@@ -108,7 +108,7 @@ class Stored:
 
 
 class MemoryBlobs:
-    """``inpaint.store.Blobs`` in memory, with generations."""
+    """``inpaint.session.store.Blobs`` in memory, with generations."""
 
     def __init__(self, faults: Faults | None = None) -> None:
         self._objects: dict[str, Stored] = {}

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-import inpaint.claims as claims
-import inpaint.gpuqueue as gpuqueue
-import inpaint.jobs as jobs
-import inpaint.store as store
+import inpaint.session.claims as claims
+import inpaint.session.gpuqueue as gpuqueue
+import inpaint.session.jobs as jobs
+import inpaint.session.store as store
 import tests.sim.world as world
 from tests.sim import test_regressions as regressions
 

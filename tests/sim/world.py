@@ -2,11 +2,11 @@
 
 What is real (imported from ``inpaint``, unchanged): the session store (``SessionStore``: claims
 through ``claims.decide`` and ``cas.compare_and_set``, lease writes, ``claims.finish``, refunds),
-the output protocol (``jobs.write_outputs_steps``, interleaved at each of its I/O steps), the fair
+the output protocol (``store.write_outputs_steps``, interleaved at each of its I/O steps), the fair
 GPU queue (``gpuqueue.FairQueue``), which stops spend an attempt (``jobs.spends_attempt``), the
-heartbeat's decisions (``jobs.heartbeat_tick``, ``jobs.heartbeat_interval``), the hung-GPU verdict
-(``process.stall_reason``), the parameter checks (``jobs.job_params``) and how each claim outcome
-is answered (``claims.Outcome.acknowledges``).
+heartbeat's decisions (``heartbeat.heartbeat_tick``, ``heartbeat.heartbeat_interval``), the hung-GPU
+verdict (``process.stall_reason``), the parameter checks (``jobs.job_params``) and how each claim
+outcome is answered (``claims.Outcome.acknowledges``).
 
 What is simulated (simpy processes on one virtual clock, no threads, no wall time): Firestore and
 Storage (``tests/sim/fakes``, contract-tested against the real servers), a Pub/Sub push
@@ -42,23 +42,17 @@ from inpaint.errors import (
     ShutdownError,
     TransientError,
 )
-from inpaint.events import PUBSUB_TYPE, JobRequest, SessionRef
-from inpaint.gpuqueue import FairQueue, Ticket, turn_bound
-from inpaint.jobs import (
-    JobRunner,
-    Phase,
-    Tick,
-    heartbeat_interval,
-    heartbeat_tick,
-    job_params,
-    write_outputs_steps,
-)
 from inpaint.serving.process import stall_reason
-from inpaint.store import (
+from inpaint.session.events import PUBSUB_TYPE, JobRequest, SessionRef
+from inpaint.session.gpuqueue import FairQueue, Ticket, turn_bound
+from inpaint.session.heartbeat import Tick, heartbeat_interval, heartbeat_tick
+from inpaint.session.jobs import JobRunner, Phase, job_params
+from inpaint.session.store import (
     MASK,
     PHOTO,
     ClaimOutcome,
     SessionStore,
+    write_outputs_steps,
 )
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
 

@@ -92,7 +92,7 @@ def test_env_is_well_formed_and_applied(stack: LocalStack) -> None:
 
 def test_firestore_write_read_transaction_and_contended_compare_and_set(app) -> None:
     """The emulator enforces the write precondition the product's claims rely on
-    (``inpaint.firebase``): of 4 writers that read the same version, exactly one wins.
+    (``inpaint.session.firebase``): of 4 writers that read the same version, exactly one wins.
 
     (The claims do not use transactions: the emulator's pessimistic transaction locks make
     contending transactions wait for lock timeouts and abort together, which made a contended

@@ -1,10 +1,10 @@
-"""Firestore and Cloud Storage as the session store's backends (``inpaint.store``).
+"""Firestore and Cloud Storage as the session store's backends (``inpaint.session.store``).
 
 ``FirestoreDocuments``: a document's version is its ``update_time``, and an update carries it as
 a ``last_update_time`` precondition (optimistic concurrency; no transactions, whose pessimistic
 locks make racing claims wait for lock timeouts). ``GcsBlobs``: Cloud Storage generations and
 ``if_generation_match``. Both retry what Google's clients call transient, except a conditional
-document write, which is never retried blindly (``inpaint.cas`` re-reads instead).
+document write, which is never retried blindly (``inpaint.session.cas`` re-reads instead).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from firebase_admin import credentials, firestore, storage
 from google.api_core.retry import Retry, if_transient_error
 
 from inpaint.config import Settings
-from inpaint.store import (
+from inpaint.session.store import (
     EDITED,
     MASK,
     OUTPUT_CACHE_CONTROL,
@@ -36,7 +36,7 @@ __all__ = ["EDITED", "MASK", "PHOTO", "PREVIEW", "FirebaseStore", "FirestoreDocu
 
 
 class FirestoreDocuments:
-    """``inpaint.store.Documents`` on Firestore."""
+    """``inpaint.session.store.Documents`` on Firestore."""
 
     def __init__(self, db: Any, retry: Retry, timeout: float) -> None:
         self._db, self._retry, self._timeout = db, retry, timeout
@@ -53,7 +53,7 @@ class FirestoreDocuments:
 
 
 class GcsBlobs:
-    """``inpaint.store.Blobs`` on Cloud Storage (conditional requests are safe to retry)."""
+    """``inpaint.session.store.Blobs`` on Cloud Storage (conditional requests are safe to retry)."""
 
     def __init__(self, bucket: Any, retry: Retry, timeout: float) -> None:
         self._bucket, self._retry, self._timeout = bucket, retry, timeout

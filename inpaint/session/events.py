@@ -24,8 +24,8 @@ from typing import Any
 from google.events.cloud.firestore import DocumentEventData
 from google.events.cloud.pubsub import MessagePublishedData
 
-from inpaint.document import QUEUED
 from inpaint.errors import InvalidEventError
+from inpaint.session.document import QUEUED
 
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 FIRESTORE_PREFIX = "google.cloud.firestore.document.v1."

@@ -1,7 +1,7 @@
 """Optimistic concurrency on one document: read, decide, write only if nobody wrote between.
 
 ``compare_and_set`` is the generic loop (the document store is passed in as ``read`` and
-``write``); ``inpaint.store`` runs every claim, heartbeat and final write through it, with a
+``write``); ``inpaint.session.store`` runs every claim, heartbeat and final write through it, with a
 Firestore document's ``update_time`` as the version.
 """
 

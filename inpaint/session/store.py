@@ -9,13 +9,15 @@ Outputs are uploaded under generation preconditions, so a job that lost its leas
 replace a newer request's files, and takes its own back.
 
 The backends are ``Documents`` (get a document with its version; update it only at that version)
-and ``Blobs`` (objects with generations and generation preconditions). ``inpaint.firebase``
+and ``Blobs`` (objects with generations and generation preconditions). ``inpaint.session.firebase``
 implements them with Firestore and Cloud Storage; the deterministic simulation
 (``tests/sim``) with in-memory fakes that pass the same contract tests
 (``tests/e2e/test_store_backends.py``, run against Google's emulator and fake-gcs-server too).
 
-What each write sets is built by ``inpaint.document`` (every field of the document, who writes
-it and when); this module decides *whether* a write may land and makes it land.
+What each write sets is built by ``inpaint.session.document`` (every field of the document, who
+writes it and when); this module decides *whether* a write may land and makes it land. The
+outputs' protocol (``write_outputs_steps``: generations read before the lease check, conditional
+uploads, taken back on a stop) is here too; the job (``jobs``) runs it.
 """
 
 from __future__ import annotations
@@ -25,24 +27,33 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 
-from inpaint import claims, document
-from inpaint.cas import compare_and_set
 from inpaint.config import Settings
-from inpaint.document import CANCELLED, EDITED, PREVIEW, QUEUED, UNCHANGED, Unchanged
 from inpaint.errors import (
     InvalidImageError,
     LeaseLostError,
     NotFoundError,
     OutputsChangedError,
+    OutputsRaceError,
     TransientError,
 )
-from inpaint.events import JobRequest, SessionRef
+from inpaint.session import claims, document
+from inpaint.session.cas import compare_and_set
+from inpaint.session.document import (
+    CANCELLED,
+    EDITED,
+    PREVIEW,
+    QUEUED,
+    UNCHANGED,
+    Unchanged,
+    output_paths,
+)
+from inpaint.session.events import JobRequest, SessionRef
 
 log = logging.getLogger(__name__)
 
@@ -343,3 +354,59 @@ def as_datetime(value: Any) -> dt.datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     to_datetime = getattr(value, "ToDatetime", None)
     return to_datetime(tzinfo=dt.UTC) if to_datetime is not None else None
+
+
+# ------------------------------------------------------------------------- outputs protocol
+OUTPUT_RACES = 5
+
+
+def write_outputs_steps(
+    store: SessionStore, claim: Claim, edited: bytes, preview: bytes
+) -> Generator[str, None, Outputs]:
+    """Uploads the outputs only while the lease is ours, never over a newer request's files.
+
+    The generations are read *before* the lease check and every upload is conditional on
+    them: a newer request's job can only claim after our lease is gone, so anything it
+    uploads changes a generation we read, and our late upload then fails instead of
+    replacing its files. A changed generation while the lease is still ours is an older job's
+    stray upload (it takes its own files back): read again and retry. Whatever this job wrote
+    is taken back if it stops before its files are complete.
+
+    A generator that yields the name of each I/O step before doing it: production runs it
+    through (``write_outputs``); the deterministic simulation lets other actors act there.
+    """
+    files = output_paths(claim.session)
+    data = {files["editedImagePath"]: edited, files["previewImagePath"]: preview}
+    written: Outputs = {}
+    try:
+        for _ in range(OUTPUT_RACES):
+            yield "read generations"
+            expected = store.output_generations(claim.session)
+            yield "check lease"
+            store.check_lease(claim)
+            try:
+                for path, content in data.items():
+                    yield f"upload {path.rsplit('/', 1)[-1]}"
+                    written[path] = store.upload_output(path, content, expected[path])
+                return written
+            except OutputsChangedError:
+                log.warning("outputs changed while being written; checking the lease again")
+        raise OutputsRaceError("the outputs kept changing while being written")
+    except BaseException:
+        yield "take back"
+        store.delete_outputs(claim.session, written)
+        raise
+
+
+def run_steps(steps: Generator[str, None, T]) -> T:
+    """Runs a step generator through, returning its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def write_outputs(store: SessionStore, claim: Claim, edited: bytes, preview: bytes) -> Outputs:
+    """``write_outputs_steps`` run through."""
+    return run_steps(write_outputs_steps(store, claim, edited, preview))

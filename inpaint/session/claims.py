@@ -33,8 +33,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from inpaint import document
-from inpaint.document import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
+from inpaint.session import document
+from inpaint.session.document import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
 
 
 class Outcome(enum.StrEnum):
