@@ -4,7 +4,7 @@ Each builder makes one of the files found by the fuzz campaign of issue 30 (or a
 of it) at any size, so the tests use small ones and the benchmark the full-size worst cases.
 
 ``python -m benchmarks.hostile_inputs`` decodes each worst case through the production path
-(``inpaint.decoding.decode_inputs``: structure checks, then the sandboxed decode worker) and
+(``inpaint.photo.mask.decode_inputs``: structure checks, then the sandboxed decode worker) and
 prints the outcome, the wall time and the peak resident memory of the child that decoded it
 (its ``ru_maxrss``: pages shared with the fork server included).
 """
@@ -167,7 +167,7 @@ def jpeg_header_lies(claimed: int = 4000, side: int = 16) -> bytes:
 def jpeg_most_scans(side: int, budget: int) -> bytes:
     """The worst progressive JPEG the structure checks allow: ``MAX_JPEG_SCANS`` scans, the
     largest scan that fits repeated, within ``budget`` bytes."""
-    from inpaint.upload_checks import MAX_JPEG_SCANS
+    from inpaint.photo.upload_checks import MAX_JPEG_SCANS
 
     data = jpeg_large(side, progressive=True)
     segments = jpeg_segments(data)
@@ -183,7 +183,7 @@ def png_most_chunks(side: int) -> bytes:
     """The worst PNG the structure checks allow: a side x side RGBA picture whose data is split
     in ``MAX_PNG_IDAT_CHUNKS`` IDAT chunks, behind ``MAX_PNG_ANCILLARY_CHUNKS`` text chunks that
     fill ``MAX_PNG_ANCILLARY_BYTES``."""
-    from inpaint.upload_checks import (
+    from inpaint.photo.upload_checks import (
         MAX_PNG_ANCILLARY_BYTES,
         MAX_PNG_ANCILLARY_CHUNKS,
         MAX_PNG_IDAT_CHUNKS,
@@ -251,20 +251,21 @@ def sandbox_overhead(repeats: int = 5) -> None:
     process and through the sandbox: the per-job cost of the last line of defence."""
     import statistics
 
-    from inpaint import decoding
+    from inpaint.photo import decoding
+    from inpaint.photo.mask import decode_inputs
 
     limits = decoding.ImageLimits(max_bytes=40 * MIB, max_pixels=50_000_000)
     photo = jpeg_large(3464)  # 12 MP, a phone photo
     mask_im = Image.new("L", (3464, 3464), 0)
     mask_im.paste(255, (1000, 1000, 2000, 2400))
     mask = encode(mask_im)
-    decoding.decode_inputs(photo, mask, limits)  # starts the fork server
+    decode_inputs(photo, mask, limits)  # starts the fork server
     for isolated in (False, True):
         decoding.ISOLATED = isolated
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            decoding.decode_inputs(photo, mask, limits)
+            decode_inputs(photo, mask, limits)
             times.append(time.perf_counter() - start)
         where = "sandboxed" if isolated else "in process"
         print(
@@ -274,8 +275,8 @@ def sandbox_overhead(repeats: int = 5) -> None:
 
 
 def main() -> None:
-    from inpaint import decoding, sandbox
     from inpaint.errors import PermanentError
+    from inpaint.photo import decoding, sandbox
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")

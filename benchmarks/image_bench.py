@@ -4,7 +4,7 @@ Prints:
 
 * build time: cold (``--cold``: an empty engine data root, the local base made by debootstrap
   included, timed separately), cached (nothing changed), and after a code change (a copy of the
-  build context with one comment added to ``inpaint/imaging.py``), with the steps each build
+  build context with one comment added to ``inpaint/photo/imaging.py``), with the steps each build
   ran; the weights step must come from the cache after a code change;
 * image size per layer group (base, packages, weights, code), uncompressed and gzip-compressed
   (level 6, as ``docker push`` does), and the computed size with the real Q4_0 / Q8_0 weights
@@ -69,7 +69,7 @@ def code_change_context(tmp: Path) -> Path:
     shutil.copytree(ROOT / "inpaint", context / "inpaint", ignore=shutil.ignore_patterns("*.pyc"))
     # A module the weights commands do not import (their own modules do invalidate the weights
     # stage, on purpose: the Dockerfile copies exactly those into it).
-    module = context / "inpaint" / "imaging.py"
+    module = context / "inpaint" / "photo" / "imaging.py"
     module.write_text(module.read_text() + f"# {uuid.uuid4().hex}\n")
     return context
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from inpaint import imaging
-from inpaint.decoding import decode_inputs
+from inpaint.photo import imaging
+from inpaint.photo.mask import decode_inputs
 
 WIDTH, HEIGHT = 4000, 3000
 RUNS = 5

@@ -444,7 +444,7 @@ def measure_crop(ctx: Context, model: Any, config: Mapping[str, Any]) -> dict[st
     """
     import numpy as np
 
-    from inpaint import imaging
+    from inpaint.photo import imaging
 
     args = ctx.args
     settings = model.settings

@@ -1,7 +1,7 @@
 """Command line: ``python -m inpaint {run,weights,tiny}``.
 
 ``run`` repaints a local photo with the same code path as the cloud function (settings, model
-loading, ``inpaint.repaint.repaint``); ``weights`` fetches the production weights; ``tiny``
+loading, ``inpaint.photo.repaint.repaint``); ``weights`` fetches the production weights; ``tiny``
 builds the random tiny model used by tests and the demo.
 """
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from inpaint.model import InpaintModel
-    from inpaint.repaint import Timings, repaint
+    from inpaint.photo.repaint import Timings, repaint
     from inpaint.types import GenerationParams
 
     overrides: dict[str, Any] = {

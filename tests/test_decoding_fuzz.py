@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmarks import hostile_inputs as hostile
-from inpaint import decoding, sandbox
 from inpaint.config import Settings
 from inpaint.errors import (
     InvalidEventError,
@@ -39,6 +38,8 @@ from inpaint.errors import (
     MaskMismatchError,
     PermanentError,
 )
+from inpaint.photo import decoding, sandbox
+from inpaint.photo.mask import decode_mask
 from inpaint.session.events import (
     FIRESTORE_PREFIX,
     PUBSUB_TYPE,
@@ -254,7 +255,7 @@ def test_fuzzed_masks_are_binary_at_the_photo_size_or_refused(
     payload = original if data.draw(st.booleans()) else data.draw(mutated(original))
     size = im.size if data.draw(st.booleans()) else (im.width * 2, im.height * 2)
     try:
-        mask = _decode("mask", lambda: decoding.decode_mask(payload, size, LIMITS))
+        mask = _decode("mask", lambda: decode_mask(payload, size, LIMITS))
     except MaskMismatchError:
         return
     except PermanentError as e:

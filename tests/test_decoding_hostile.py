@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from benchmarks import hostile_inputs as hostile
-from inpaint import decoding, upload_checks
 from inpaint.errors import InvalidImageError
+from inpaint.photo import decoding, upload_checks
+from inpaint.photo.mask import decode_mask
 
 LIMITS = decoding.ImageLimits(max_bytes=40 * 1024 * 1024, max_pixels=50_000_000)
 
@@ -26,7 +27,7 @@ def refused(data: bytes, *fragments: str, what: str = "photo") -> str:
         if what == "photo":
             decoding.decode_photo(data, LIMITS)
         else:
-            decoding.decode_mask(data, (32, 32), LIMITS)
+            decode_mask(data, (32, 32), LIMITS)
     message = info.value.message
     assert message.startswith(f"The {what} "), message
     for fragment in fragments:
@@ -198,7 +199,7 @@ def test_sixteen_bit_rgb_colour_key_is_refused() -> None:
 def test_colour_key_in_a_mask_is_its_alpha() -> None:
     im = Image.new("RGB", (32, 32), (0, 0, 0))  # black key: transparent canvas
     im.paste((50, 50, 50), (8, 8, 24, 24))  # dark but opaque strokes
-    mask = decoding.decode_mask(hostile.encode(im, transparency=(0, 0, 0)), (32, 32), LIMITS)
+    mask = decode_mask(hostile.encode(im, transparency=(0, 0, 0)), (32, 32), LIMITS)
     assert mask.getbbox() == (8, 8, 24, 24)
 
 
@@ -211,7 +212,7 @@ def test_colour_key_in_a_mask_is_its_alpha() -> None:
 def test_nearly_opaque_alpha_does_not_become_a_full_mask(alpha: int) -> None:
     im = Image.new("RGBA", (32, 32), (0, 0, 0, alpha))
     im.paste((255, 255, 255, alpha), (8, 8, 16, 16))
-    mask = decoding.decode_mask(hostile.encode(im), (32, 32), LIMITS)
+    mask = decode_mask(hostile.encode(im), (32, 32), LIMITS)
     assert mask.getbbox() == (8, 8, 16, 16)  # the luminance decides
 
 
@@ -219,7 +220,7 @@ def test_thin_strokes_survive_an_eight_times_larger_mask() -> None:
     big = Image.new("L", (256, 256), 0)
     big.paste(255, (100, 0, 101, 256))  # a one-pixel vertical stroke
     big.paste(255, (0, 37, 256, 38))  # a one-pixel horizontal stroke
-    mask = np.asarray(decoding.decode_mask(hostile.encode(big), (32, 32), LIMITS))
+    mask = np.asarray(decode_mask(hostile.encode(big), (32, 32), LIMITS))
     assert mask[:, 12].all() and mask[4, :].all()
     assert mask.sum() // 255 == 32 + 32 - 1  # exactly the two strokes, one pixel wide
 
@@ -229,7 +230,7 @@ def test_isolated_specks_do_not_grow_when_a_mask_is_reduced() -> None:
     specks = np.zeros((256, 256), np.uint8)
     ys, xs = rng.integers(0, 256, 40), rng.integers(0, 256, 40)
     specks[ys, xs] = 255
-    mask = decoding.decode_mask(hostile.encode(Image.fromarray(specks)), (32, 32), LIMITS)
+    mask = decode_mask(hostile.encode(Image.fromarray(specks)), (32, 32), LIMITS)
     assert mask.getbbox() is None
 
 

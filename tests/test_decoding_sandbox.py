@@ -1,4 +1,4 @@
-"""The decode sandbox (``inpaint.sandbox``): whatever the work does in its child, the caller
+"""The decode sandbox (``inpaint.photo.sandbox``): whatever the work does in its child, the caller
 gets its result or a permanent error naming the limit, and the serving process is unharmed.
 
 The child imports the work functions below by name, so they live at module level.
@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from benchmarks import hostile_inputs as hostile
-from inpaint import decoding, sandbox
 from inpaint.errors import InvalidImageError
+from inpaint.photo import decoding, sandbox
+from inpaint.photo.mask import read_mask
 
 SMALL = sandbox.Limits(cpu_seconds=1, memory_bytes=512 * 1024**2, wall_seconds=30)
 
@@ -92,8 +93,8 @@ def test_isolated_and_in_process_decodes_agree(monkeypatch: pytest.MonkeyPatch) 
     data = hostile.encode(src)
     limits = decoding.ImageLimits(40 * 1024**2, 50_000_000)
     isolated = decoding.decode_photo(data, limits)
-    mask = decoding.read_mask(data, limits)
+    mask = read_mask(data, limits)
     monkeypatch.setattr(decoding, "ISOLATED", False)
     assert np.array_equal(np.asarray(isolated), np.asarray(decoding.decode_photo(data, limits)))
-    assert np.array_equal(np.asarray(mask), np.asarray(decoding.read_mask(data, limits)))
+    assert np.array_equal(np.asarray(mask), np.asarray(read_mask(data, limits)))
     assert isolated.info == decoding.decode_photo(data, limits).info

@@ -1,4 +1,5 @@
-"""Unit tests of inpaint.imaging: decoding with limits, mask rules, region planning, paste-back.
+"""Unit tests of inpaint.photo.imaging: decoding with limits, mask rules, region planning,
+paste-back.
 
 Images are built in memory. Photos whose pixels are compared exactly are random noise saved as
 PNG, so any change to a pixel that should be untouched is caught.
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageDraw
 
-from inpaint import decoding, imaging
 from inpaint.config import Settings
 from inpaint.errors import InvalidImageError, MaskMismatchError
-from inpaint.imaging import ImageLimits, Prepared, Region
+from inpaint.photo import decoding, imaging
+from inpaint.photo.imaging import ImageLimits, Prepared, Region
 
 LIMITS = ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=50_000_000)
 RNG_SEED = 1234

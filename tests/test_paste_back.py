@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from inpaint import imaging
-from inpaint.imaging import Prepared
+from inpaint.photo import imaging
+from inpaint.photo.imaging import Prepared
 
 NONZERO = [0] + [255] * 255
 

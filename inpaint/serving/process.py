@@ -33,7 +33,7 @@ import tenacity
 
 from inpaint.config import Settings, get_settings
 from inpaint.errors import StartupError, TransientError
-from inpaint.imaging import work_size_for
+from inpaint.photo.imaging import work_size_for
 from inpaint.session.firebase import FirebaseStore
 from inpaint.session.gpuqueue import GpuQueue
 

@@ -31,7 +31,7 @@ from inpaint.errors import (
     describe_error,
 )
 from inpaint.logs import log_context
-from inpaint.repaint import QUEUE_STAGE, Model, Timings, repaint
+from inpaint.photo.repaint import QUEUE_STAGE, Model, Timings, repaint
 from inpaint.session.document import result_fields
 from inpaint.session.events import Ignored, JobRequest, parse_event
 from inpaint.session.gpuqueue import GpuQueue, Ticket

@@ -4,9 +4,9 @@ Pure PIL + numpy (no torch), so it is cheap to import, to test and to benchmark 
 
 The pipeline, and why each step exists:
 
-1. ``decode_photo`` / ``decode_mask`` (in ``inpaint.decoding``) turn untrusted bytes into an
-   RGB photo in its displayed orientation and a binary ``L`` mask of the photo's size, or a
-   clear error the user sees.
+1. ``decode_photo`` / ``decode_mask`` (in ``inpaint.photo.decoding`` and ``inpaint.photo.mask``)
+   turn untrusted bytes into an RGB photo in its displayed orientation and a binary ``L`` mask of
+   the photo's size, or a clear error the user sees.
 2. ``plan_region`` chooses what the model sees: for a small mask on a big photo only a crop
    around the mask (with context), at a working resolution of about ``work_megapixels``. The
    model's cost depends on the working resolution only, so a crop spends that budget where the
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from inpaint.decoding import ImageLimits
+from inpaint.photo.decoding import ImageLimits
 
 # Re-exported: the decoding half of the pipeline's door (callers use imaging only).
-from inpaint.decoding import decode_inputs as decode_inputs
-from inpaint.decoding import decode_mask as decode_mask
-from inpaint.decoding import decode_photo as decode_photo
+from inpaint.photo.decoding import decode_photo as decode_photo
+from inpaint.photo.mask import decode_inputs as decode_inputs
+from inpaint.photo.mask import decode_mask as decode_mask
 
 #: Working sizes are multiples of this (FLUX: VAE factor 8 x patch size 2).
 WORK_MULTIPLE = 16

@@ -1,6 +1,6 @@
-"""Imported once by the decode sandbox's fork server (``inpaint.sandbox.PRELOAD``): imports the
-decoders and decodes one tiny JPEG, PNG and WebP in process, so that their first-use costs (lazy
-plugin and codec set-up, allocator arenas) are paid once in the server instead of in every
+"""Imported once by the decode sandbox's fork server (``inpaint.photo.sandbox.PRELOAD``): imports
+the decoders and decodes one tiny JPEG, PNG and WebP in process, so that their first-use costs
+(lazy plugin and codec set-up, allocator arenas) are paid once in the server instead of in every
 child it forks (about 30 ms a child here)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 
 from PIL import Image
 
-from inpaint import decoding
+from inpaint.photo import decoding, mask
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def _warm_up() -> None:
         try:
             buf = io.BytesIO()
             picture.save(buf, fmt)
-            decoding.read_mask_in_process(buf.getvalue(), limits)
+            mask.read_mask_in_process(buf.getvalue(), limits)
             decoding.decode_photo_in_process(buf.getvalue(), limits)
         except Exception:  # only an optimisation: the fork server must start regardless
             log.warning("decoder warm-up failed for %s", fmt, exc_info=True)

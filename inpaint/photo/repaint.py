@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from inpaint import imaging
 from inpaint.config import Settings
+from inpaint.photo import imaging
 from inpaint.types import GenerationParams, ProgressCallback
 
 

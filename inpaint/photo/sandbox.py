@@ -50,7 +50,7 @@ WALL_SECONDS = 60
 MAX_CONCURRENT = 2
 #: Modules the fork server imports once, so that each child starts with them loaded (this one
 #: imports the decoders and warms them up).
-PRELOAD = ["inpaint.decode_preload"]
+PRELOAD = ["inpaint.photo.decode_preload"]
 #: Each child runs the program's main script again (as ``__mp_main__``, behind its ``__main__``
 #: guard): CPython 3.11's fork server ignores a ``__main__`` preload. The servers' scripts only
 #: import their entry module, so the fork server imports it too when this process has.

@@ -1,23 +1,22 @@
-"""Untrusted bytes to a known shape: an RGB photo in its displayed orientation and a binary
-``L`` mask of exactly the photo's size.
+"""Untrusted bytes to a known shape: the checks and the limited decode every input goes through,
+and the photo as RGB in its displayed orientation (the mask's own rules: ``inpaint.photo.mask``).
 
 Every way the bytes can be unusable becomes an :class:`~inpaint.errors.InvalidImageError` (or a
 :class:`~inpaint.errors.MaskMismatchError`) whose message names the input and the problem,
 because that message is shown to the user as is. Only JPEG, PNG and WebP are decoded, after
-their structure is checked (``inpaint.upload_checks``) and their limits read from the header;
-the decoding itself runs in a child process with CPU and memory limits (``inpaint.sandbox``),
-so no file can cost more than one bounded decode, and no library exception escapes as anything
-but a permanent error. PIL + numpy (+ simplejpeg for the JPEG integrity check).
+their structure is checked (``inpaint.photo.upload_checks``) and their limits read from the
+header; the decoding itself runs in a child process with CPU and memory limits
+(``inpaint.photo.sandbox``), so no file can cost more than one bounded decode, and no library
+exception escapes as anything but a permanent error. PIL + numpy (+ simplejpeg for the JPEG
+integrity check).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import math
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,17 +31,22 @@ from PIL import (
     WebPImagePlugin,  # noqa: F401
 )
 
-from inpaint import sandbox
-from inpaint.errors import InvalidImageError, MaskMismatchError, PermanentError
-from inpaint.upload_checks import ALLOWED_FORMATS, check_structure, sniff_format, verify_jpeg_data
+from inpaint.errors import InvalidImageError, PermanentError
+from inpaint.photo import sandbox
+from inpaint.photo.upload_checks import (
+    ALLOWED_FORMATS,
+    check_structure,
+    sniff_format,
+    verify_jpeg_data,
+)
 
 if TYPE_CHECKING:
     from inpaint.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: Whether ``decode_photo`` / ``read_mask`` decode in a limited child process
-#: (``inpaint.sandbox``): the last line of defence against a file that the structure checks do
+#: Whether ``decode_photo`` / ``mask.read_mask`` decode in a limited child process
+#: (``inpaint.photo.sandbox``): the last line of defence against a file that the structure checks do
 #: not understand. Off only for tests that patch this module's internals (a child, forked from
 #: a server that imported this module afresh, does not see their patches).
 ISOLATED = True
@@ -61,7 +65,7 @@ MAX_JPEG_SIDE = 65_500
 #: Colour that transparent photo pixels are composited on (see ``decode_photo``).
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Leading bytes of the allowed formats, only to word the message for a file cut inside its header.
 _MAGIC: tuple[tuple[str, bytes], ...] = (
@@ -76,13 +80,6 @@ _REFUSED_MAGIC: tuple[tuple[str, bytes], ...] = (
     ("GIF", b"GIF8"),
     ("BMP", b"BM"),
 )
-#: An alpha channel is the mask only when some pixel is at least half transparent: strokes on a
-#: transparent canvas. Alpha that is opaque or nearly so everywhere (e.g. 250..254 from an
-#: editor's export) carries no strokes, and the luminance decides instead; otherwise such noise
-#: would turn into a full repaint.
-MASK_ALPHA_THRESHOLD = 128
-# point() lookup table: binarise at 50 %.
-_BINARISE_LUT = [0] * 128 + [255] * 128
 
 
 @dataclass(frozen=True)
@@ -116,56 +113,41 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
       rather than failing the job.
     - Colour: any mode becomes RGB. Transparent pixels are composited on white (a cut-out PNG
       would otherwise show whatever colour hides under alpha 0, often black); 16-bit and
-      32-bit/float greyscale are scaled to 8 bits (see ``_high_depth_to_l``), never clipped;
+      32-bit/float greyscale are scaled to 8 bits (see ``high_depth_to_l``), never clipped;
       CMYK goes through its embedded ICC profile when there is one.
     - The result's ``info`` holds only ``icc_profile`` (when it is an RGB profile), so outputs
       keep the photo's colour space (e.g. Display P3) but carry no EXIF (no GPS, no stale
       orientation tag).
     """
     if not ISOLATED:
-        return _guarded("photo", _photo_pixels, data, limits)
-    _check_type(data, "photo")
+        return guarded("photo", _photo_pixels, data, limits)
+    check_type(data, "photo")
     meta, payload = sandbox.run(_photo_payload, bytes(data), limits, what="photo")
-    return _from_payload(meta, payload)
+    return from_payload(meta, payload)
 
 
 def decode_photo_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
     """``decode_photo`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
-    return _guarded("photo", _photo_pixels, data, limits)
-
-
-def read_mask_in_process(data: bytes, limits: ImageLimits) -> Image.Image:
-    """``read_mask`` in this process, whatever ``ISOLATED`` says (the sandbox's warm-up)."""
-    return _guarded("mask", _mask_pixels, data, limits)
+    return guarded("photo", _photo_pixels, data, limits)
 
 
 def _photo_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
     """In the decoding child: the photo as (mode, size, info) and its pixel bytes."""
-    return _to_payload(_guarded("photo", _photo_pixels, data, limits))
+    return to_payload(guarded("photo", _photo_pixels, data, limits))
 
 
-def _mask_payload(data: bytes, limits: ImageLimits) -> tuple[ImageMeta, bytes]:
-    """In the decoding child: the mask's grey channel as (mode, size, info) and its bytes."""
-    return _to_payload(_guarded("mask", _mask_pixels, data, limits))
-
-
-def _mask_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
-    """``read_mask`` without its guard."""
-    return _mask_gray(_open(data, limits, "mask"))
-
-
-def _to_payload(im: Image.Image) -> tuple[ImageMeta, bytes]:
+def to_payload(im: Image.Image) -> tuple[ImageMeta, bytes]:
     return (im.mode, im.size, dict(im.info)), im.tobytes()
 
 
-def _from_payload(meta: ImageMeta, payload: bytes) -> Image.Image:
+def from_payload(meta: ImageMeta, payload: bytes) -> Image.Image:
     mode, size, info = meta
     im = Image.frombytes(mode, size, payload)
     im.info = info
     return im
 
 
-def _check_type(data: object, what: str) -> None:
+def check_type(data: object, what: str) -> None:
     """Data that is not bytes at all is a caller's bug, not the user's error."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
@@ -173,7 +155,7 @@ def _check_type(data: object, what: str) -> None:
 
 def _photo_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
     """``decode_photo`` without its guard."""
-    im = _open(data, limits, "photo")
+    im = open_checked(data, limits, "photo")
     icc = im.info.get("icc_profile")
     rgb = _to_rgb(im, icc)
     keep = icc is not None and im.mode != "CMYK" and _is_rgb_profile(icc)
@@ -181,7 +163,7 @@ def _photo_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
     return rgb
 
 
-def _guarded(
+def guarded(
     what: str, work: Callable[[bytes, ImageLimits], Image.Image], data: bytes, limits: ImageLimits
 ) -> Image.Image:
     """Runs one input's decoding so that only the project's permanent errors leave it.
@@ -194,7 +176,7 @@ def _guarded(
     turns its own, under its memory limit, into a permanent error). ``TypeError`` for data that
     is not bytes at all is a caller's bug and is raised before this guard.
     """
-    _check_type(data, what)
+    check_type(data, what)
     try:
         return work(data, limits)
     except (PermanentError, MemoryError):
@@ -206,76 +188,12 @@ def _guarded(
         ) from e
 
 
-def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits) -> Image.Image:
-    """Decodes the mask into an ``L`` image of values 0/255 and exactly ``size``.
-
-    White (255) means "repaint". The rule for which channel is the mask:
-
-    - If the image has an alpha channel (RGBA, LA, PA, or a palette/colour-key transparency) and
-      some pixel is at least half transparent (alpha < ``MASK_ALPHA_THRESHOLD``), the alpha
-      channel is the mask: painted strokes on a transparent canvas are what to repaint, whatever
-      their colour.
-    - Otherwise the luminance is the mask (white on black).
-
-    16-bit masks are scaled to 8 bits like photos. The result is binarised at 50 %
-    (>= 128 -> 255); see ``fit_mask`` for masks of another size.
-
-    ``size`` is the photo's *displayed* size (after its EXIF rotation), and the mask is expected
-    in that orientation (its own EXIF orientation, if any, is applied too). A mask of another
-    size but the same aspect ratio (within 1 %, or 1 px of rounding) is resized (``fit_mask``);
-    any other aspect ratio is a :class:`MaskMismatchError` naming both sizes.
-    """
-    return fit_mask(read_mask(data, limits), size)
-
-
-def read_mask(data: bytes, limits: ImageLimits) -> Image.Image:
-    """The first half of ``decode_mask``: decoded, oriented, its mask channel as ``L`` (not yet
-    binarised), at its own size. Needs nothing of the photo, so it can run beside its decoding."""
-    if not ISOLATED:
-        return _guarded("mask", _mask_pixels, data, limits)
-    _check_type(data, "mask")
-    meta, payload = sandbox.run(_mask_payload, bytes(data), limits, what="mask")
-    return _from_payload(meta, payload)
-
-
-def fit_mask(gray: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The second half of ``decode_mask``: checked against and resized to ``size``, binarised.
-
-    A larger mask is binarised first and then reduced by area: a photo pixel is repainted when
-    the mask pixels it covers hold at least half a one-pixel line across it (coverage of
-    ``1 / (2 * scale)``), so a thin stroke survives any reduction while isolated specks (noise)
-    do not grow into blocks. A smaller mask is enlarged bilinearly and binarised at 50 %.
-    """
-    if gray.size == size:
-        return gray.point(_BINARISE_LUT)
-    _check_mask_aspect(gray.size, size)
-    if gray.width > size[0] or gray.height > size[1]:
-        scale = max(gray.width / size[0], gray.height / size[1])
-        covered = gray.point(_BINARISE_LUT).resize(size, Image.Resampling.BOX)
-        least = max(1, math.ceil(255 / (2 * scale)))
-        return covered.point([0] * least + [255] * (256 - least))
-    return gray.resize(size, Image.Resampling.BILINEAR).point(_BINARISE_LUT)
-
-
-def decode_inputs(
-    photo: bytes, mask: bytes, limits: ImageLimits
-) -> tuple[Image.Image, Image.Image]:
-    """``decode_photo`` and ``decode_mask`` with the two decodings side by side (each in its own
-    child process, or with PIL's decoders releasing the GIL in process), so on two cores this
-    takes about the time of the longer one. Errors are the same and come in the same order: the
-    photo's first, then the mask's."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-mask") as pool:
-        gray = pool.submit(read_mask, mask, limits)
-        original = decode_photo(photo, limits)
-        return original, fit_mask(gray.result(), original.size)
-
-
-def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
+def open_checked(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
     """Opens, checks and fully loads one input, and applies its EXIF orientation.
 
     Order: byte size, signature (``ALLOWED_FORMATS``), container structure
-    (``inpaint.upload_checks``), header dimensions, JPEG entropy data, then the pixels. Any
-    exception that escapes a library is turned into an ``InvalidImageError`` by ``_guarded``.
+    (``inpaint.photo.upload_checks``), header dimensions, JPEG entropy data, then the pixels. Any
+    exception that escapes a library is turned into an ``InvalidImageError`` by ``guarded``.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"{what} data must be bytes, not {type(data).__name__}")
@@ -294,7 +212,7 @@ def _open(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
 
 
 def _load_checked(data: bytes, fmt: str, limits: ImageLimits, what: str) -> Image.Image:
-    """The body of ``_open`` once the format is known."""
+    """The body of ``open_checked`` once the format is known."""
     check_structure(data, what)
     try:
         im = Image.open(io.BytesIO(data), formats=(fmt,))
@@ -349,8 +267,8 @@ def _apply_colour_key(im: Image.Image, png: bytes | None) -> Image.Image:
     alpha = Image.fromarray(np.where(hit, 0, 255).astype(np.uint8), "L")
     base = im.copy()
     base.info.pop("transparency", None)
-    if base.mode in _HIGH_DEPTH_MODES:
-        base = _high_depth_to_l(base)
+    if base.mode in HIGH_DEPTH_MODES:
+        base = high_depth_to_l(base)
     out = base.convert("RGBA" if pixels.ndim == 3 else "LA")
     out.putalpha(alpha)
     out.info = {k: v for k, v in im.info.items() if k != "transparency"}
@@ -450,7 +368,7 @@ def _format_bytes(n: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _has_alpha(im: Image.Image) -> bool:
+def has_alpha(im: Image.Image) -> bool:
     """Alpha channel, or a palette/colour-key transparency that PIL expands to alpha."""
     return im.mode in _ALPHA_MODES or "transparency" in im.info
 
@@ -460,11 +378,11 @@ def _to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im).convert("RGB")
+    if mode in HIGH_DEPTH_MODES:
+        return high_depth_to_l(im).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(im, icc)
-    if _has_alpha(im):
+    if has_alpha(im):
         rgba = im.convert("RGBA")
         out = Image.new("RGB", im.size, TRANSPARENT_BACKGROUND)
         out.paste(rgba.convert("RGB"), (0, 0), rgba.getchannel("A"))
@@ -499,7 +417,7 @@ def _is_rgb_profile(icc: bytes) -> bool:
         return False
 
 
-def _high_depth_to_l(im: Image.Image) -> Image.Image:
+def high_depth_to_l(im: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float greyscale to 8-bit ``L``, scaled rather than clipped.
 
     ``I;16*`` modes say their range: 0..65535 maps to 0..255 (rounded). ``I`` (32-bit) and ``F``
@@ -524,43 +442,3 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
     else:
         f = np.zeros_like(f)
     return Image.fromarray(np.clip(np.rint(f), 0, 255).astype(np.uint8), "L")
-
-
-def _mask_gray(im: Image.Image) -> Image.Image:
-    """The 8-bit ``L`` mask of any mode, per the alpha-or-luminance rule of ``decode_mask``."""
-    mode = im.mode
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im)
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        lowest, _ = alpha.getextrema()
-        if lowest < MASK_ALPHA_THRESHOLD:
-            return alpha
-        return rgba.convert("RGB").convert("L")
-    if mode == "L":
-        return im
-    if mode in ("1", "RGB", "P"):
-        return im.convert("L")
-    return im.convert("RGB").convert("L")
-
-
-def _check_mask_aspect(mask_size: tuple[int, int], photo_size: tuple[int, int]) -> None:
-    """Same aspect ratio within 1 %, or within 1 px of rounding either way; else an error."""
-    mw, mh = mask_size
-    pw, ph = photo_size
-    relative = abs(mw * ph - pw * mh) / (pw * mh)
-    rounding = abs(mh - ph * mw / pw) <= 1.0 or abs(mw - pw * mh / ph) <= 1.0
-    if relative <= 0.01 or rounding:
-        return
-    hint = ""
-    swapped_rel = abs(mw * pw - ph * mh) / (ph * mh)
-    if swapped_rel <= 0.01:
-        hint = (
-            " The mask seems to follow the photo's stored orientation: draw it on the photo as"
-            " displayed (EXIF rotation applied)."
-        )
-    raise MaskMismatchError(
-        f"The mask is {mw}x{mh} pixels but the photo is {pw}x{ph} pixels (as displayed); "
-        f"their aspect ratios differ ({mw / mh:.3f} vs {pw / ph:.3f}).{hint}"
-    )
