@@ -53,9 +53,15 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
-    cpu_offload: bool = Field(False, description="Model CPU offload, for GPUs under 24 GB.")
+    cpu_offload: bool = Field(
+        False,
+        description="Experimental (not yet measured on a GPU). "
+        "Model CPU offload, for GPUs under 24 GB.",
+    )
     dequantize: bool = Field(
-        False, description="Dequantize GGUF weights once at load (faster steps; ~24 GB in bf16)."
+        False,
+        description="Experimental (not yet measured on a GPU). "
+        "Dequantize GGUF weights once at load (faster steps; ~24 GB in bf16).",
     )
     warmup_steps: int = Field(
         2,
@@ -215,31 +221,38 @@ class Settings(BaseSettings):
     )
 
     # --- speed-ups (measured one at a time by benchmarks/perf_bench.py; docs/performance.md) ---
+    # Each is one object in inpaint/model/options.py; those not yet proven on a GPU say
+    # "Experimental" here (tests/test_model_options.py checks it against the objects).
     compile: bool = Field(
         False,
-        description="Regional torch.compile of the transformer's repeated blocks (CUDA only; "
+        description="Experimental (not yet measured on a GPU). "
+        "Regional torch.compile of the transformer's repeated blocks (CUDA only; "
         "ignored on CPU). Costs compile time at warm-up and on each new image size.",
     )
     offload_text_encoders: bool = Field(
         False,
-        description="Keep CLIP and T5 in CPU memory and move them to the GPU only to encode an "
+        description="Experimental (not yet measured on a GPU). "
+        "Keep CLIP and T5 in CPU memory and move them to the GPU only to encode an "
         "uncached prompt (~9.5 GB less GPU memory; a cache miss pays the transfers).",
     )
     pin_text_encoders: bool = Field(
         False,
-        description="With INPAINT_OFFLOAD_TEXT_ENCODERS on a GPU: keep CLIP and T5 in page-locked "
+        description="Experimental (not yet measured on a GPU). "
+        "With INPAINT_OFFLOAD_TEXT_ENCODERS on a GPU: keep CLIP and T5 in page-locked "
         "CPU memory, so a new prompt's visit to the GPU copies faster (~11.5 GB of locked host "
         "memory; off until the GPU benchmark shows it pays).",
     )
     attention_backend: str | None = Field(
         None,
         pattern=r"^[a-z0-9_]+$",
-        description="diffusers attention backend for the transformer (e.g. native, "
+        description="Experimental (not yet measured on a GPU). "
+        "diffusers attention backend for the transformer (e.g. native, "
         "_native_cudnn, _native_flash, flash); unset keeps diffusers' default (PyTorch SDPA).",
     )
     fp8: Literal["off", "auto", "weight-only", "dynamic"] = Field(
         "off",
-        description="Transformer weights in float8 e4m3 (torchao), converted from the GGUF file "
+        description="Experimental (not yet measured on a GPU). "
+        "Transformer weights in float8 e4m3 (torchao), converted from the GGUF file "
         "at load, one layer at a time (a Q8_0 file is the better source). dynamic: FP8 weights "
         "and activations, FP8 matmuls (CUDA compute capability >= 8.9, e.g. L4, H100, and "
         "bfloat16); weight-only: FP8 weights, matmuls in the compute dtype (any device); auto: "
@@ -250,7 +263,8 @@ class Settings(BaseSettings):
         0.0,
         ge=0.0,
         le=1.0,
-        description="First-block cache threshold (skips steps whose first block barely "
+        description="Experimental (not yet measured on a GPU). "
+        "First-block cache threshold (skips steps whose first block barely "
         "changes; approximate, changes the output). 0 turns it off.",
     )
 

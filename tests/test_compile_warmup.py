@@ -6,9 +6,9 @@ inductor, tiny model, regional compile). So the warm-up runs two sizes when the 
 compiled, and the first user job of any size pays no compile.
 
 The product compiles on CUDA only (on CPU inductor builds C++ for minutes); here the tiny
-model's transformer is compiled by the test, exactly as ``_configure_transformer`` does on a GPU,
-and dynamo's own counters prove that no size after the warm-up compiles. Slow: ~1-2 min of
-inductor compiles on 2 CPU cores.
+model's transformer is compiled by the test, exactly as the ``INPAINT_COMPILE`` option
+(``inpaint.model.options``) does on a GPU, and dynamo's own counters prove that no size after
+the warm-up compiles. Slow: ~1-2 min of inductor compiles on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_a_compiled_warm_up_leaves_every_work_size_ready(tiny_model_dir):
     eager = InpaintModel.load(settings)
     compiled = InpaintModel.load(settings)
     torch._dynamo.reset()
-    # What _configure_transformer does with INPAINT_COMPILE on a GPU.
+    # What the INPAINT_COMPILE option (inpaint.model.options) applies on a GPU.
     compiled.pipe.transformer.compile_repeated_blocks(fullgraph=False)
     compiled.compiled = True
     try:

@@ -1,14 +1,18 @@
-"""The optional speed-ups of InpaintModel (settings compile, offload_text_encoders,
-attention_backend, step_cache_threshold) on the tiny random model, CPU only.
+"""The optional speed-ups of InpaintModel (``inpaint.model.options``: one object per setting),
+on the tiny random model, CPU only.
 
-What a CPU can check: the settings parse, CUDA-only options are ignored with a warning rather
-than failing, offloaded text encoders visit the device exactly for a cache miss, and the attention
-backend and step cache are applied (the speed itself is measured by benchmarks/perf_bench.py).
+What a CPU can check: the settings parse, each option's refusal (a table: settings and machine ->
+the message naming the setting, or None), CUDA-only options are ignored with a warning rather
+than failing, the options not proven on a GPU say so in their settings' descriptions and in one
+warning at load, offloaded text encoders visit the device exactly for a cache miss, and the
+attention backend and step cache are applied (the speed itself is measured by
+benchmarks/perf_bench.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -19,6 +23,13 @@ from pydantic import ValidationError
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError, TransientError
 from inpaint.model import InpaintModel, check_attention_backend, encoders
+from inpaint.model.options import (
+    EXPERIMENTAL,
+    OPTIONS,
+    Target,
+    choose_options,
+    first_refusal,
+)
 from inpaint.serving import process
 from inpaint.types import GenerationParams
 
@@ -63,6 +74,115 @@ def test_attention_backend_names_are_checked():
         check_attention_backend("fastest")
     with pytest.raises(ValueError, match="downloads its kernels from the Hub"):
         check_attention_backend("flash_hub")
+
+
+CPU = Target("cpu", "float32")
+GPU = Target("cuda", "bfloat16", (9, 0), "/usr/bin/gcc")  # an H100 with a C compiler
+L4 = Target("cuda", "bfloat16", (8, 9), "/usr/bin/gcc")
+A10 = Target("cuda", "bfloat16", (8, 6), "/usr/bin/gcc")
+NO_CC = Target("cuda", "bfloat16", (9, 0), None)
+
+REFUSALS = [
+    # settings, machine -> None, or the setting the refusal names and a part of its message
+    ({}, CPU, None),
+    ({}, NO_CC, None),
+    ({"compile": True}, CPU, None),  # ignored on the CPU (a warning), not refused
+    ({"compile": True}, GPU, None),
+    ({"compile": True}, NO_CC, ("INPAINT_COMPILE", "needs a C compiler")),
+    ({"cpu_offload": True}, CPU, None),
+    ({"offload_text_encoders": True, "pin_text_encoders": True}, CPU, None),
+    ({"dequantize": True}, GPU, None),
+    ({"dequantize": True, "cpu_offload": True}, GPU, ("INPAINT_DEQUANTIZE", "INPAINT_CPU_OFFLOAD")),
+    ({"dequantize": True, "cpu_offload": True, "fp8": "auto"}, CPU, ("INPAINT_DEQUANTIZE", "")),
+    ({"fp8": "weight-only"}, CPU, None),
+    ({"fp8": "auto"}, A10, None),
+    ({"fp8": "dynamic"}, L4, None),
+    ({"fp8": "weight-only", "dequantize": True}, CPU, ("INPAINT_FP8", "INPAINT_DEQUANTIZE")),
+    ({"fp8": "auto", "cpu_offload": True}, GPU, ("INPAINT_FP8", "INPAINT_CPU_OFFLOAD")),
+    ({"fp8": "dynamic"}, CPU, ("INPAINT_FP8", "needs a CUDA GPU with FP8 tensor cores")),
+    ({"fp8": "dynamic"}, A10, ("INPAINT_FP8", "compute capability 8.6")),
+    ({"fp8": "dynamic"}, Target("cuda", "float16", (9, 0)), ("INPAINT_FP8", "bfloat16")),
+    ({"attention_backend": "native"}, CPU, None),
+    ({"attention_backend": "fastest"}, CPU, ("INPAINT_ATTENTION_BACKEND", "unknown")),
+    ({"attention_backend": "flash_hub"}, GPU, ("INPAINT_ATTENTION_BACKEND", "from the Hub")),
+    ({"step_cache_threshold": 0.5}, CPU, None),
+]
+
+
+@pytest.mark.parametrize(("overrides", "target", "expected"), REFUSALS)
+def test_each_option_says_when_it_is_refused(tmp_path, overrides, target, expected):
+    options = settings(tmp_path, **overrides)
+    refused = first_refusal(options, target)
+    if expected is None:
+        assert refused is None
+        return
+    setting, part = expected
+    assert refused is not None and setting in refused and part in refused
+    with pytest.raises(ValueError) as info:
+        choose_options(options, target)
+    assert str(info.value) == refused
+
+
+@pytest.mark.parametrize(
+    ("overrides", "target", "in_effect"),
+    [
+        ({"compile": True, "offload_text_encoders": True, "pin_text_encoders": True}, CPU, []),
+        ({"cpu_offload": True, "offload_text_encoders": True}, GPU, ["INPAINT_CPU_OFFLOAD"]),
+        (
+            {"offload_text_encoders": True, "pin_text_encoders": True, "compile": True},
+            GPU,
+            ["INPAINT_OFFLOAD_TEXT_ENCODERS", "INPAINT_PIN_TEXT_ENCODERS", "INPAINT_COMPILE"],
+        ),
+        ({"pin_text_encoders": True}, GPU, []),  # pinning needs offloaded encoders
+        (
+            {"step_cache_threshold": 0.1, "fp8": "auto", "attention_backend": "native"},
+            CPU,
+            ["INPAINT_FP8", "INPAINT_ATTENTION_BACKEND", "INPAINT_STEP_CACHE_THRESHOLD"],
+        ),
+    ],
+)
+def test_options_in_effect_come_in_their_order(tmp_path, overrides, target, in_effect):
+    chosen = choose_options(settings(tmp_path, **overrides), target)
+    assert [option.setting for option in chosen] == in_effect
+
+
+def test_every_option_reads_its_own_setting(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("INPAINT_")]:
+        monkeypatch.delenv(name)
+    fields = Settings.model_fields
+    assert all(option.field in fields for option in OPTIONS)
+    assert len({option.field for option in OPTIONS}) == len(OPTIONS)
+    assert all(not option.enabled(Settings()) for option in OPTIONS)  # all off by default
+
+
+def test_the_settings_of_experimental_options_say_so():
+    """One source: the option objects say which options a GPU has not proven yet; the settings'
+    descriptions (and so docs/configuration.md) must agree, both ways."""
+    assert EXPERIMENTAL  # today no option is proven on a GPU
+    marked = {
+        name
+        for name, field in Settings.model_fields.items()
+        if (field.description or "").startswith("Experimental")
+    }
+    assert marked == {option.field for option in OPTIONS if not option.gpu_proven}
+    assert set(EXPERIMENTAL) == {f"INPAINT_{name.upper()}" for name in marked}
+
+
+def test_load_warns_once_naming_the_experimental_options_in_effect(tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="inpaint.model")
+    InpaintModel.load(settings(tiny_model_dir))
+    assert not [r for r in caplog.records if r.getMessage() == "experimental options enabled"]
+    caplog.clear()
+    model = InpaintModel.load(
+        settings(tiny_model_dir, compile=True, attention_backend="native", step_cache_threshold=0.5)
+    )
+    warned = [r for r in caplog.records if r.getMessage() == "experimental options enabled"]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    expected = ["INPAINT_ATTENTION_BACKEND", "INPAINT_STEP_CACHE_THRESHOLD"]  # compile: ignored
+    assert warned[0].experimental == expected
+    loaded = [r for r in caplog.records if r.getMessage() == "model loaded"]
+    assert loaded[0].options == expected
+    assert model.pipe.transformer.is_cache_enabled and not model.compiled
 
 
 def test_cuda_only_options_are_ignored_on_cpu_with_a_warning(tiny_model_dir, caplog):

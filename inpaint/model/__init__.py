@@ -10,9 +10,10 @@ Rooms: ``checks`` (files, device, dtype, attention backend: refused before loadi
 ``encoders`` (prompt -> embeddings: cache, precomputed store, CLIP and T5 on demand),
 ``embeddings`` (writes the precomputed store ``inpaint.prompts`` reads),
 ``mapped`` (the GGUF file as tensors viewing its memory map), ``layout`` (BFL names to
-diffusers', by views), ``fp8`` (GGUF linears to float8 with torchao, ``INPAINT_FP8``) and
-``inpainter`` (``InpaintModel``: loading, speed-up settings, seeding,
-``generate``).
+diffusers', by views), ``fp8`` (GGUF linears to float8 with torchao, ``INPAINT_FP8``),
+``options`` (each speed-up setting as one object: when it is refused or ignored, how it is
+applied, whether a GPU has proven it; the unproven ones are experimental) and ``inpainter``
+(``InpaintModel``: loading as a short list of steps, seeding, ``generate``).
 Importing any of them runs this file first, so the offline environment below is always set
 before diffusers is imported.
 """

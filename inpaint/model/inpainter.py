@@ -8,11 +8,11 @@ Decisions made here and why:
   on demand outside this lock).
 * Noise comes from a seeded CPU generator, so a seed reproduces a result bit for bit on CPU and
   independently of which GPU ran it (up to kernel nondeterminism).
-* Speed-ups are settings, each off by default and measured one at a time by
-  ``benchmarks/perf_bench.py`` (docs/performance.md): dequantize once at load, FP8 weights
-  (``inpaint.model.fp8``), regional torch.compile (CUDA only), an attention backend, text
-  encoders offloaded to CPU memory between cache misses, and an approximate first-block step
-  cache.
+* Speed-ups are settings, each off by default, measured one at a time by
+  ``benchmarks/perf_bench.py`` (docs/performance.md), and each one object in
+  ``inpaint.model.options`` (its refusal, how it is applied, whether a GPU has proven it):
+  ``load`` only checks the files and device, builds the pipeline and applies the options in
+  effect in their order.
 """
 
 from __future__ import annotations
@@ -34,24 +34,12 @@ from transformers.utils import logging as transformers_logging
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError
 from inpaint.gpuhealth import DeviceHealth, Failure
-from inpaint.model.checks import (
-    check_attention_backend,
-    check_model_files,
-    compile_refusal,
-    find_c_compiler,
-    resolve_device,
-    resolve_dtype,
-)
+from inpaint.model.checks import check_model_files, resolve_device, resolve_dtype
 from inpaint.model.encoders import PromptEncoder
-from inpaint.model.fp8 import (
-    Fp8Conversion,
-    Fp8Mode,
-    choose_fp8_mode,
-    convert_transformer,
-    device_capability,
-)
+from inpaint.model.fp8 import Fp8Conversion, Fp8Mode
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
+from inpaint.model.options import Option, Target, apply_options, choose_options
 from inpaint.prompts import EmbeddingStore
 from inpaint.types import GenerationParams, ProgressCallback
 
@@ -75,6 +63,37 @@ def warmup_sizes(side: int, compiled: bool) -> list[tuple[int, int]]:
             height = side + SIZE_MULTIPLE
         sizes.append((side, height))
     return sizes
+
+
+def load_pipeline(settings: Settings, dtype: torch.dtype) -> FluxFillPipeline:
+    """The GGUF transformer and the base pipeline, without CLIP and T5 (they load on demand, or
+    at load when the default prompt's embedding is not precomputed), still on the CPU."""
+    # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    # Views of the file's memory map, renamed to diffusers' layout by views as well: diffusers'
+    # own reader and converter would copy the file (and a third of it again) into private
+    # memory, doubling the load's peak (see ``mapped`` and ``layout``).
+    transformer = FluxTransformer2DModel.from_single_file(
+        to_diffusers_layout(load_gguf_mapped(settings.gguf_path)),
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        config=str(settings.base_dir),
+        subfolder="transformer",
+        dtype=dtype,
+        local_files_only=True,
+    )
+    pipe = FluxFillPipeline.from_pretrained(
+        str(settings.base_dir),
+        transformer=transformer,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        dtype=dtype,
+        local_files_only=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class InpaintModel:
@@ -120,148 +139,44 @@ class InpaintModel:
 
     @classmethod
     def load(cls, settings: Settings) -> InpaintModel:
-        """Loads the GGUF transformer and the base pipeline from ``settings.model_dir``.
+        """Loads the GGUF transformer and the base pipeline from ``settings.model_dir``, then
+        applies the options in effect (``inpaint.model.options``) in their order.
 
         Raises ModelFilesMissingError (with the fix) before touching diffusers when a file is
-        missing, and ValueError for contradictory device settings.
+        missing, and ValueError for contradictory device or option settings.
         """
         store = EmbeddingStore.open(settings.model_dir)
         check_model_files(settings, text_encoders=not store.text_encoders_omitted)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        on_gpu = device.startswith("cuda")
-        refusal = compile_refusal(settings.compile, on_gpu, find_c_compiler())
-        if refusal:
-            raise ValueError(refusal)
-        if settings.cpu_offload and settings.dequantize:
-            raise ValueError(
-                "INPAINT_DEQUANTIZE and INPAINT_CPU_OFFLOAD cannot be combined: offloading is for "
-                "GPUs under 24 GB, and the dequantized transformer alone needs ~24 GB in bf16"
-            )
-        fp8 = choose_fp8_mode(  # before any weight is read: a refusal costs nothing
-            settings.fp8,
-            device=device,
-            capability=device_capability(device) if settings.fp8 != "off" else None,
-            dtype=str(dtype).removeprefix("torch."),
-            dequantize=settings.dequantize,
-            cpu_offload=settings.cpu_offload,
-        )
+        target = Target.here(settings, device, dtype)
+        options = choose_options(settings, target)  # before any weight is read: refusals are free
         started = time.perf_counter()
-        # Progress bars are noise in JSON logs (and each one is a stderr write per shard).
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-        # Views of the file's memory map, renamed to diffusers' layout by views as well: diffusers'
-        # own reader and converter would copy the file (and a third of it again) into private
-        # memory, doubling the load's peak (see ``mapped`` and ``layout``).
-        transformer = FluxTransformer2DModel.from_single_file(
-            to_diffusers_layout(load_gguf_mapped(settings.gguf_path)),
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-            config=str(settings.base_dir),
-            subfolder="transformer",
-            dtype=dtype,
-            local_files_only=True,
-        )
-        # Without CLIP and T5: they load on demand (``load_text_encoders``), or just below when
-        # the default prompt's embedding is not precomputed.
-        pipe = FluxFillPipeline.from_pretrained(
-            str(settings.base_dir),
-            transformer=transformer,
-            text_encoder=None,
-            text_encoder_2=None,
-            tokenizer=None,
-            tokenizer_2=None,
-            dtype=dtype,
-            local_files_only=True,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        offload_encoders = settings.offload_text_encoders and on_gpu and not settings.cpu_offload
-        if settings.pin_text_encoders and not offload_encoders:
-            logger.warning(
-                "INPAINT_PIN_TEXT_ENCODERS ignored: it applies to text encoders offloaded from "
-                "a GPU (INPAINT_OFFLOAD_TEXT_ENCODERS on CUDA)"
-            )
-        if settings.offload_text_encoders and not offload_encoders:
-            logger.warning(
-                "INPAINT_OFFLOAD_TEXT_ENCODERS ignored: %s",
-                "INPAINT_CPU_OFFLOAD already offloads them"
-                if on_gpu
-                else f"the model runs on {device}",
-            )
-        if settings.cpu_offload and on_gpu:
-            pipe.enable_model_cpu_offload(device=device)
-        elif offload_encoders:
-            # CLIP and T5 stay in CPU memory; encode_prompt brings them over for a cache miss.
-            pipe.transformer.to(device)
-            pipe.vae.to(device)
-        else:
-            if settings.cpu_offload:
-                logger.warning("INPAINT_CPU_OFFLOAD ignored: the model runs on %s", device)
-            pipe.to(device)
-        loaded = cls(pipe, settings, device, dtype, store)
-        if offload_encoders:
-            loaded.prompts.text_encoder_home = "cpu"
-        loaded.prompts.require_default()
-        if settings.dequantize:
-            loaded._dequantize()
-        if fp8 != "off":  # on its device already; before compile and the step cache
-            loaded.fp8_conversion = convert_transformer(
-                pipe.transformer, fp8, dtype=dtype, source=settings.gguf_path
-            )
-            loaded.fp8 = fp8
-        loaded._configure_transformer(on_gpu)
+        loaded = cls(load_pipeline(settings, dtype), settings, device, dtype, store)
+        apply_options(loaded, options, target, "placement")
+        loaded.prompts.require_default()  # CLIP and T5 go where the placement says
+        apply_options(loaded, options, target, "transformer")
         loaded.load_seconds = time.perf_counter() - started
+        loaded._log_loaded(options)
+        return loaded
+
+    def _log_loaded(self, options: list[Option]) -> None:
+        """One line saying what was loaded, with which options, in how long."""
         logger.info(
             "model loaded",
             extra={
-                "device": device,
-                "dtype": loaded.dtype_name,
-                "gguf": str(settings.gguf_path),
-                "dequantized": loaded.dequantized,
-                "fp8": loaded.fp8,
-                "compiled": loaded.compiled,
-                "textEncodersOffloaded": loaded.prompts.text_encoder_home is not None,
-                "textEncodersLoaded": loaded.prompts.text_encoders_loaded,
-                "loadSeconds": round(loaded.load_seconds, 2),
+                "device": self.device,
+                "dtype": self.dtype_name,
+                "gguf": str(self.gguf_path),
+                "dequantized": self.dequantized,
+                "fp8": self.fp8,
+                "compiled": self.compiled,
+                "options": [option.setting for option in options],
+                "textEncodersOffloaded": self.prompts.text_encoder_home is not None,
+                "textEncodersLoaded": self.prompts.text_encoders_loaded,
+                "loadSeconds": round(self.load_seconds, 2),
             },
         )
-        return loaded
-
-    def _dequantize(self) -> None:
-        """Replaces every GGUF linear layer by a dense one in the compute dtype, once.
-
-        GGUFLinear dequantizes its whole weight on every forward call; paying that once at load
-        makes each step cheaper at the price of the dense model's memory (~24 GB in bf16 for
-        FLUX, so only for large GPUs or CPU). Uses diffusers' own ``ModelMixin.dequantize``,
-        which runs where the transformer already lives (we moved it to ``device`` first).
-        """
-        transformer = self.pipe.transformer
-        if getattr(transformer, "hf_quantizer", None) is None:
-            return
-        transformer.dequantize()  # diffusers casts each weight to the layer's compute dtype
-        self.dequantized = True
-
-    def _configure_transformer(self, on_gpu: bool) -> None:
-        """Applies the optional attention backend, step cache and regional compilation.
-
-        Compilation comes last so it traces the final modules (dequantized layers, cache hooks).
-        ``fullgraph=False``: GGUF weights are tensor subclasses, and a graph break must cost
-        speed, never a failed job. Only on CUDA: on CPU, inductor compiles C++ for minutes and
-        the CPU path is for tests and demos.
-        """
-        transformer = self.pipe.transformer
-        settings = self.settings
-        if settings.attention_backend:
-            transformer.set_attention_backend(check_attention_backend(settings.attention_backend))
-        if settings.step_cache_threshold > 0:
-            from diffusers import FirstBlockCacheConfig
-
-            transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache_threshold))
-        if settings.compile:
-            if on_gpu:
-                transformer.compile_repeated_blocks(fullgraph=False)
-                self.compiled = True
-            else:
-                logger.warning("INPAINT_COMPILE ignored: the model runs on %s", self.device)
 
     def _step_cache_scope(self) -> contextlib.AbstractContextManager[Any]:
         """The cache context diffusers' step caches need around the denoiser calls (Flux Fill's
@@ -375,7 +290,7 @@ class InpaintModel:
         """One inference of ``side`` x ``side`` pixels so the first real job does not pay
         first-call costs (CUDA context and kernel selection, allocator growth, lazy imports, and
         on CPU reading the memory-mapped weights); the service picks the side
-        (``inpaint.service.warmup_side``). ``INPAINT_WARMUP_STEPS=0`` skips it: ready once
+        (``inpaint.serving.process.warmup_side``). ``INPAINT_WARMUP_STEPS=0`` skips it: ready once
         loaded. The default prompt's embeddings come from the store, or were computed at load."""
         if self.settings.warmup_steps > 0:
             for size in warmup_sizes(side, self.compiled):

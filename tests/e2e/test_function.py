@@ -168,21 +168,6 @@ def test_a_session_the_user_deleted_stays_deleted_when_its_message_comes_again(s
     assert sessions.files(user, session) == set()
 
 
-def test_storage_outage_answers_500_then_a_later_delivery_succeeds(server, sessions, stack):
-    user, session = sessions.create()
-    headers, body = eventlib.pubsub_binary(user, session, "outage-1")
-    with stack.outage("storage"):
-        response = server.post(headers, body)
-    assert response.status_code == 500
-    doc = sessions.doc(user, session)
-    assert doc["processingStatus"] == "processing" and doc["lastError"]
-    assert doc.get("errorMessage") is None
-    response = server.post(headers, body)  # the redelivery
-    assert response.status_code == 200
-    doc = assert_completed(sessions, user, session)
-    assert doc["attempts"] == 2
-
-
 def test_health_and_ready_answer_during_a_job(server, sessions):
     user, session = sessions.create()
     with cf.ThreadPoolExecutor(1) as pool:
