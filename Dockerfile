@@ -101,12 +101,11 @@ ARG TEXT_ENCODERS=true
 
 WORKDIR /build
 # Only the modules the weights command imports, so that changes elsewhere in the code do not
-# invalidate this stage (tests/deploy/test_dockerfile.py runs the command with exactly this set;
-# after the download it precomputes the prompt embeddings, hence prompts/model/types, and
-# model names tensors through flux_names and watches the device through gpuhealth).
+# invalidate this stage (tests/deploy/test_dockerfile.py runs the command with exactly this set):
+# the CLI, the settings, and inpaint/model/ (the download, the weights layout, and the model that
+# precomputes the prompt embeddings after the download).
 COPY inpaint/__init__.py inpaint/__main__.py inpaint/cli.py inpaint/config.py inpaint/errors.py \
-     inpaint/logs.py inpaint/weights.py inpaint/weights_dir.py inpaint/prompts.py inpaint/types.py \
-     inpaint/flux_names.py inpaint/gpuhealth.py ./inpaint/
+     inpaint/logs.py ./inpaint/
 COPY inpaint/model/ ./inpaint/model/
 # The token is mounted for this RUN only, as a file under /run/secrets (tmpfs): it is not written
 # to any layer and does not take part in the cache key. Hub caches go to a temporary HF_HOME that
@@ -129,8 +128,7 @@ WORKDIR /build
 # The tiny random model (tests, local runs), made by the project's own builder with the same
 # directory layout as the weights command. Same rule as above: only the modules it imports.
 COPY inpaint/__init__.py inpaint/__main__.py inpaint/cli.py inpaint/config.py inpaint/errors.py \
-     inpaint/logs.py inpaint/weights.py inpaint/weights_dir.py inpaint/prompts.py inpaint/types.py \
-     inpaint/flux_names.py inpaint/gpuhealth.py ./inpaint/
+     inpaint/logs.py ./inpaint/
 COPY inpaint/model/ ./inpaint/model/
 COPY inpaint/randmodel/ ./inpaint/randmodel/
 RUN INPAINT_LOG_LEVEL=INFO python -m inpaint tiny --dest /models --quant "${QUANT}" \

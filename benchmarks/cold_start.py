@@ -102,10 +102,10 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this (fresh) process: load, warm up, a default-prompt job, a custom one."""
     from PIL import Image
 
-    from inpaint.types import GenerationParams
+    from inpaint.model.params import GenerationParams
 
     started = time.perf_counter()
-    import inpaint.model as model_module  # torch/diffusers: the same in both modes
+    from inpaint.model.inpainter import InpaintModel  # torch/diffusers: the same in both modes
 
     settings = mode_settings(
         mode, args.model_dir, quant=args.quant, dtype=args.dtype, warmup_steps=args.steps
@@ -114,7 +114,7 @@ def child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     evict(args.model_dir)
     read0 = proc_io_read_bytes()
     loaded = time.perf_counter()
-    model = model_module.InpaintModel.load(settings)
+    model = InpaintModel.load(settings)
     load_s = time.perf_counter() - loaded
     warm = time.perf_counter()
     model.warm_up()
@@ -180,7 +180,7 @@ def prepare(args: argparse.Namespace) -> None:
         build_tiny_model(args.model_dir, quant=args.quant)
     elif not (args.model_dir / "base" / "model_index.json").is_file():
         raise SystemExit(f"{args.model_dir}: build it with perf_bench.py --scale full --build-only")
-    from inpaint.model import write_builder_embeddings
+    from inpaint.model.embeddings import write_builder_embeddings
 
     write_builder_embeddings(args.model_dir, (args.dtype,))
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model_dir = ROOT / "build" / f"full-model-v{MODEL_VERSION}"
 
     started = time.perf_counter()
-    import inpaint.model as model_module
+    from inpaint.model.inpainter import InpaintModel
 
     emit(mode=args.mode, import_s=round(time.perf_counter() - started, 2))
     settings = mode_settings(
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     evict(args.model_dir)
     read0 = proc_io_read_bytes()
     started = time.perf_counter()
-    model = model_module.InpaintModel.load(settings)
+    model = InpaintModel.load(settings)
     load_s = time.perf_counter() - started
     emit(
         mode=args.mode,
@@ -124,8 +124,8 @@ def one_step(model: object, prompt: str) -> dict[str, object]:
     """One default-prompt job of one step at 256 px (the issue's "one step" figure)."""
     from PIL import Image
 
-    from inpaint.model import WARMUP_SIZE
-    from inpaint.types import GenerationParams
+    from inpaint.model.inpainter import WARMUP_SIZE
+    from inpaint.model.params import GenerationParams
 
     size = WARMUP_SIZE
     image = Image.new("RGB", (size, size), (128, 128, 128))

@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    import inpaint.model as model_module  # sets the offline environment before diffusers
+    from inpaint.model.checks import resolve_device  # sets the offline environment first
 
     import_s = time.perf_counter() - started
-    device = model_module.resolve_device(args.device)
+    device = resolve_device(args.device)
     cuda = device.startswith("cuda")
     started = time.perf_counter()
     if cuda:

@@ -237,7 +237,7 @@ MISS_PROMPT = "a dog on a sofa"  # never the default prompt: a cache miss in a f
 def prime(ctx: Context) -> float:
     """Pays the process's one-time costs (lazy imports, thread pools, cuBLAS/cuDNN handles) on
     the tiny model, so that they are not charged to whichever variant happens to run first."""
-    from inpaint.model import InpaintModel
+    from inpaint.model.inpainter import InpaintModel
 
     started = time.perf_counter()
     tiny_dir = build_tiny_model(
@@ -263,7 +263,7 @@ def _dynamo_graphs() -> int:
 
 
 def run_job(ctx: Context, model: Any, image: Any, mask: Any, steps: int) -> tuple[float, Any]:
-    from inpaint.types import GenerationParams
+    from inpaint.model.params import GenerationParams
 
     params = GenerationParams(
         prompt=ctx.prompt, seed=ctx.args.seed, steps=steps, guidance=model.settings.guidance
@@ -280,7 +280,7 @@ def measure_variant(ctx: Context, name: str, *, keep: bool) -> tuple[dict[str, A
     when ``keep``, for the crop-to-mask figures)."""
     import numpy as np
 
-    from inpaint.model import InpaintModel
+    from inpaint.model.inpainter import InpaintModel
 
     args = ctx.args
     overrides = variant_settings(name)

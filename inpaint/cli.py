@@ -17,8 +17,8 @@ from typing import Any
 
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError, PermanentError
-from inpaint.weights import WeightsDownloadError
-from inpaint.weights_dir import QUANTS
+from inpaint.model.weights_download import WeightsDownloadError
+from inpaint.model.weights_layout import QUANTS
 
 log = logging.getLogger("inpaint.cli")
 DEFAULT_TINY_DIR = Path("build/tiny-model")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument(
         "--token-file", type=Path, help="file holding the HF token (else $HF_TOKEN)"
     )
-    from inpaint.weights import add_embedding_options
+    from inpaint.model.weights_download import add_embedding_options
 
     add_embedding_options(weights)
 
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inpaint.model import InpaintModel
+    from inpaint.model.inpainter import InpaintModel
+    from inpaint.model.params import GenerationParams
     from inpaint.photo.repaint import Timings, repaint
-    from inpaint.types import GenerationParams
 
     overrides: dict[str, Any] = {
         k: v
@@ -179,7 +179,7 @@ class _Bar:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from inpaint.weights import download, precompute_embeddings, resolve_token
+    from inpaint.model.weights_download import download, precompute_embeddings, resolve_token
 
     if not args.embeddings_only:
         download(args.dest, args.quant, resolve_token(token_file=args.token_file))
@@ -189,9 +189,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    # inpaint.model first: its import sets the offline environment and sends torch's, torchao's
-    # and diffusers' log records to the JSON handler before the builder imports diffusers.
-    import inpaint.model  # noqa: F401
+    # The model's runtime first: its import sets the offline environment and sends torch's,
+    # torchao's and diffusers' log records to the JSON handler before the builder imports them.
+    import inpaint.model.runtime  # noqa: F401
     from inpaint.randmodel import build_tiny_model
 
     dest = build_tiny_model(args.dest, layout=args.layout, quant=args.quant)

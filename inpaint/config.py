@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inpaint.weights_dir import Quant, gguf_filename
+from inpaint.model.weights_layout import Quant, gguf_filename
 
 # Cloud Run, us-east4 tier-1 instance-based billing (CPU always allocated), Nov 2026 price list:
 # NVIDIA L4 without zonal redundancy $0.0001867/s + 8 vCPU x $0.000018/s + 32 GiB x $0.000002/s.

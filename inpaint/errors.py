@@ -85,7 +85,7 @@ class TransientError(InpaintError):
 
 class DeviceFailedError(TransientError):
     """The GPU failed under a job (a fatal CUDA error, or out of memory): the job is
-    redelivered, and ``inpaint.gpuhealth`` decides whether this instance is still sound."""
+    redelivered, and ``inpaint.model.gpuhealth`` decides whether this instance is still sound."""
 
 
 class DeviceStalledError(TransientError):

@@ -25,7 +25,7 @@ from PIL import Image
 
 from inpaint.config import Settings
 from inpaint.model.inpainter import SIZE_MULTIPLE, InpaintModel, warmup_sizes
-from inpaint.types import GenerationParams
+from inpaint.model.params import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[1]
 

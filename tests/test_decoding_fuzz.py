@@ -38,6 +38,7 @@ from inpaint.errors import (
     MaskMismatchError,
     PermanentError,
 )
+from inpaint.model.params import GenerationParams
 from inpaint.photo import decoding, sandbox
 from inpaint.photo.mask import decode_mask
 from inpaint.session.events import (
@@ -49,7 +50,6 @@ from inpaint.session.events import (
     validate_id,
 )
 from inpaint.session.jobs import MAX_SEED, job_params
-from inpaint.types import GenerationParams
 
 LIMITS = decoding.ImageLimits(max_bytes=40 * 1024 * 1024, max_pixels=50_000_000)
 SETTINGS = Settings(default_prompt="default prompt", steps=28, max_steps=50, guidance=30.0)

@@ -11,7 +11,15 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel
 
-from inpaint.flux_names import SUFFIXES, Fused, Move, Scale, Swapped, block_indices, flux_names
+from inpaint.model.flux_names import (
+    SUFFIXES,
+    Fused,
+    Move,
+    Scale,
+    Swapped,
+    block_indices,
+    flux_names,
+)
 from inpaint.randmodel.spec import FULL_TRANSFORMER_CONFIG
 
 

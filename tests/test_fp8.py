@@ -21,10 +21,10 @@ from diffusers.quantizers.gguf.utils import GGUFLinear
 from pydantic import ValidationError
 
 from inpaint.config import Settings
-from inpaint.model import InpaintModel
 from inpaint.model import fp8 as fp8_module
 from inpaint.model.fp8 import ACTIVATION_VALUE_LB, choose_fp8_mode, gguf_linears, quant_config
-from inpaint.types import GenerationParams
+from inpaint.model.inpainter import InpaintModel
+from inpaint.model.params import GenerationParams
 from tests.test_model_options import inputs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,10 +1,10 @@
-"""The device-health decision (``inpaint.gpuhealth``): which errors break an instance."""
+"""The device-health decision (``inpaint.model.gpuhealth``): which errors break an instance."""
 
 from __future__ import annotations
 
 import pytest
 
-from inpaint.gpuhealth import (
+from inpaint.model.gpuhealth import (
     MAX_OOM_IN_A_ROW,
     SOUND,
     DeviceHealth,

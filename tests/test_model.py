@@ -16,16 +16,10 @@ from PIL import Image
 
 from inpaint.config import Settings
 from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
-from inpaint.model import (
-    WARMUP_SIZE,
-    InpaintModel,
-    choose_device,
-    compile_refusal,
-    resolve_device,
-    resolve_dtype,
-)
+from inpaint.model.checks import choose_device, compile_refusal, resolve_device, resolve_dtype
+from inpaint.model.inpainter import WARMUP_SIZE, InpaintModel
+from inpaint.model.params import GenerationParams
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
-from inpaint.types import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from diffusers import FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
 from inpaint import randmodel
-from inpaint.model import is_bfl_layout, to_diffusers_layout
+from inpaint.model.layout import is_bfl_layout, to_diffusers_layout
 from inpaint.randmodel.bfl import diffusers_to_bfl
 from inpaint.randmodel.spec import FULL_TRANSFORMER_CONFIG
 

@@ -20,9 +20,10 @@ from diffusers.quantizers.gguf.utils import GGUFParameter
 from PIL import Image
 
 from inpaint.config import Settings
-from inpaint.model import InpaintModel, load_gguf_mapped
+from inpaint.model.inpainter import InpaintModel
+from inpaint.model.mapped import load_gguf_mapped
+from inpaint.model.params import GenerationParams
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
-from inpaint.types import GenerationParams
 from tests.conftest import ROOT
 
 Q = gguf.GGMLQuantizationType

@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError, TransientError
-from inpaint.model import InpaintModel, check_attention_backend, encoders
+from inpaint.model import encoders
+from inpaint.model.checks import check_attention_backend
+from inpaint.model.inpainter import InpaintModel
 from inpaint.model.options import (
     EXPERIMENTAL,
     OPTIONS,
@@ -30,8 +32,8 @@ from inpaint.model.options import (
     choose_options,
     first_refusal,
 )
+from inpaint.model.params import GenerationParams
 from inpaint.serving import process
-from inpaint.types import GenerationParams
 
 
 def settings(model_dir, **overrides) -> Settings:

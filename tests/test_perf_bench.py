@@ -310,8 +310,8 @@ def test_random_gguf_in_bfl_layout_has_the_published_names_and_types(tmp_path):
 
 def test_build_model_writes_a_weights_dir_the_production_loader_runs(tmp_path):
     from inpaint.config import Settings
-    from inpaint.model import InpaintModel
-    from inpaint.types import GenerationParams
+    from inpaint.model.inpainter import InpaintModel
+    from inpaint.model.params import GenerationParams
 
     dest = randmodel.build_model(tmp_path / "m", NARROW, quant="Q8_0", device="cpu")
     marker = json.loads((dest / randmodel.MARKER_NAME).read_text())

@@ -1,4 +1,4 @@
-"""Precomputed prompt embeddings and text encoders on demand (inpaint.prompts, InpaintModel).
+"""Precomputed prompt embeddings and text encoders on demand (inpaint.model.prompts, InpaintModel).
 
 The tiny model's builder writes the default prompt's embeddings (float32 for the CPU, bfloat16
 for a GPU), exactly as ``python -m inpaint weights`` does. Device pinned to the CPU: the
@@ -20,13 +20,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from inpaint import prompts
 from inpaint.cli import main as cli_main
 from inpaint.config import DEFAULT_PROMPT, Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
-from inpaint.model import InpaintModel, write_embeddings
-from inpaint.prompts import EmbeddingKey, EmbeddingStore, find_entry
-from inpaint.types import GenerationParams
+from inpaint.model import prompts
+from inpaint.model.embeddings import write_embeddings
+from inpaint.model.inpainter import InpaintModel
+from inpaint.model.params import GenerationParams
+from inpaint.model.prompts import EmbeddingKey, EmbeddingStore, find_entry
 
 KEY = EmbeddingKey("a cat", 512, "f" * 64, "bfloat16")
 

@@ -14,7 +14,7 @@ from diffusers.models.model_loading_utils import load_gguf_checkpoint
 from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
 
 from inpaint import randmodel
-from inpaint.weights_dir import missing_files
+from inpaint.model.weights_layout import missing_files
 
 Q = gguf.GGMLQuantizationType
 

@@ -11,9 +11,9 @@ import huggingface_hub
 import pytest
 from huggingface_hub.errors import GatedRepoError
 
-from inpaint import weights
 from inpaint.config import Settings
-from inpaint.weights_dir import QUANTS, missing_files
+from inpaint.model import weights_download
+from inpaint.model.weights_layout import QUANTS, missing_files
 
 # black-forest-labs/FLUX.1-Fill-dev as listed by the Hub (images: the README's illustrations).
 REAL_REPO_FILES = [
@@ -73,7 +73,7 @@ EXPECTED = [
 
 
 def test_selects_everything_but_the_transformer_weights():
-    assert weights.select_base_files(REAL_REPO_FILES) == EXPECTED
+    assert weights_download.select_base_files(REAL_REPO_FILES) == EXPECTED
 
 
 def test_selection_ignores_order_duplicates_and_foreign_files():
@@ -86,32 +86,32 @@ def test_selection_ignores_order_duplicates_and_foreign_files():
         "docs/notes.md",
         "model_index.json",
     ]
-    assert weights.select_base_files(noisy) == EXPECTED
+    assert weights_download.select_base_files(noisy) == EXPECTED
 
 
 def test_gguf_file_name_per_quant():
-    assert weights.gguf_repo_file("Q4_0") == "flux1-fill-dev-Q4_0.gguf"
-    assert [weights.gguf_repo_file(q) for q in QUANTS][-1] == "flux1-fill-dev-Q8_0.gguf"
+    assert weights_download.gguf_repo_file("Q4_0") == "flux1-fill-dev-Q4_0.gguf"
+    assert [weights_download.gguf_repo_file(q) for q in QUANTS][-1] == "flux1-fill-dev-Q8_0.gguf"
     with pytest.raises(ValueError, match="Q2_K"):
-        weights.gguf_repo_file("Q2_K")
+        weights_download.gguf_repo_file("Q2_K")
 
 
 def test_token_sources(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(weights, "DEFAULT_TOKEN_FILE", tmp_path / "absent")
-    assert weights.resolve_token() is None
+    monkeypatch.setattr(weights_download, "DEFAULT_TOKEN_FILE", tmp_path / "absent")
+    assert weights_download.resolve_token() is None
     secret = tmp_path / "hf_token"
     secret.write_text("hf_from_file\n")
-    assert weights.resolve_token(token_file=secret) == "hf_from_file"
+    assert weights_download.resolve_token(token_file=secret) == "hf_from_file"
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    assert weights.resolve_token() == "hf_from_env"
-    assert weights.resolve_token(token_file=secret) == "hf_from_file"
-    assert weights.resolve_token("hf_explicit") == "hf_explicit"
+    assert weights_download.resolve_token() == "hf_from_env"
+    assert weights_download.resolve_token(token_file=secret) == "hf_from_file"
+    assert weights_download.resolve_token("hf_explicit") == "hf_explicit"
     monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.setattr(weights, "DEFAULT_TOKEN_FILE", secret)  # the BuildKit mount
-    assert weights.resolve_token() == "hf_from_file"
-    with pytest.raises(weights.WeightsDownloadError, match="cannot read"):
-        weights.resolve_token(token_file=tmp_path / "nope")
+    monkeypatch.setattr(weights_download, "DEFAULT_TOKEN_FILE", secret)  # the BuildKit mount
+    assert weights_download.resolve_token() == "hf_from_file"
+    with pytest.raises(weights_download.WeightsDownloadError, match="cannot read"):
+        weights_download.resolve_token(token_file=tmp_path / "nope")
 
 
 class FakeHub:
@@ -126,11 +126,11 @@ class FakeHub:
 
     def list_repo_files(self, repo_id, *, token=None, **_):
         self.listed.append((repo_id, token))
-        assert repo_id == weights.BASE_REPO
+        assert repo_id == weights_download.BASE_REPO
         return list(REAL_REPO_FILES)
 
     def snapshot_download(self, repo_id, *, allow_patterns=None, local_dir=None, token=None, **_):
-        assert repo_id == weights.BASE_REPO and allow_patterns
+        assert repo_id == weights_download.BASE_REPO and allow_patterns
         for name in sorted(REAL_REPO_FILES):
             if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
                 self.hf_hub_download(repo_id, name, local_dir=local_dir, token=token)
@@ -138,7 +138,7 @@ class FakeHub:
 
     def hf_hub_download(self, repo_id, filename, *, local_dir=None, token=None, **_):
         self.calls.append((repo_id, filename, token))
-        if repo_id == weights.GGUF_REPO and self.gguf_elsewhere is not None:
+        if repo_id == weights_download.GGUF_REPO and self.gguf_elsewhere is not None:
             path = self.gguf_elsewhere / filename  # like a cache-based download
         else:
             path = Path(local_dir) / filename
@@ -157,12 +157,12 @@ def test_download_writes_the_layout_the_loader_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
     dest = tmp_path / "weights"
-    weights.download(dest, "Q4_0", "hf_secret")
+    weights_download.download(dest, "Q4_0", "hf_secret")
 
-    assert hub.listed == [(weights.BASE_REPO, "hf_secret")]
-    base_calls = [(f, t) for r, f, t in hub.calls if r == weights.BASE_REPO]
+    assert hub.listed == [(weights_download.BASE_REPO, "hf_secret")]
+    base_calls = [(f, t) for r, f, t in hub.calls if r == weights_download.BASE_REPO]
     assert base_calls == [(name, "hf_secret") for name in EXPECTED]
-    assert hub.calls[-1] == (weights.GGUF_REPO, "flux1-fill-dev-Q4_0.gguf", "hf_secret")
+    assert hub.calls[-1] == (weights_download.GGUF_REPO, "flux1-fill-dev-Q4_0.gguf", "hf_secret")
     settings = Settings(model_dir=dest, quant="Q4_0")
     assert settings.gguf_path == dest / "flux1-fill-dev-Q4_0.gguf" and settings.gguf_path.is_file()
     assert (settings.base_dir / "transformer" / "config.json").is_file()
@@ -177,7 +177,7 @@ def test_download_moves_a_gguf_fetched_elsewhere_into_place(tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub, "list_repo_files", hub.list_repo_files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
-    weights.download(tmp_path / "w", "Q8_0", None)
+    weights_download.download(tmp_path / "w", "Q8_0", None)
     assert (tmp_path / "w" / "flux1-fill-dev-Q8_0.gguf").read_bytes() == b"x"
     assert all(token is None for _, _, token in hub.calls)
 
@@ -189,8 +189,8 @@ def test_gated_repo_error_says_what_to_do(tmp_path, monkeypatch):
         raise GatedRepoError("401 Client Error: access is restricted", response=response)
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", gated)
-    with pytest.raises(weights.WeightsDownloadError, match="accept its licence") as info:
-        weights.download(tmp_path, "Q4_0", None)
+    with pytest.raises(weights_download.WeightsDownloadError, match="accept its licence") as info:
+        weights_download.download(tmp_path, "Q4_0", None)
     assert "no token was given" in str(info.value) and "--token-file" in str(info.value)
 
 

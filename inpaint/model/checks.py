@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 
 from inpaint.config import Settings
 from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
-from inpaint.weights_dir import missing_files
+from inpaint.model.weights_layout import missing_files
 
 _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,

@@ -1,5 +1,6 @@
-"""Writing precomputed prompt embeddings: the text encoders run here, next to the code that runs
-them for a job (``encoders``), so a stored embedding is what a job would compute."""
+"""Writing precomputed prompt embeddings, the writer of what ``prompts`` reads: the text encoders
+run here, next to the code that runs them for a job (``encoders``), so a stored embedding is what
+a job would compute."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 from safetensors.torch import save_file
 
 from inpaint.model.checks import resolve_dtype
 from inpaint.model.encoders import encode_with, load_text_pipeline
-from inpaint.prompts import (
+from inpaint.model.prompts import (
     MANIFEST_NAME,
     STORE_DIR,
     TEXT_PARTS,

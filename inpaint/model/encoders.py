@@ -1,8 +1,8 @@
 """Prompt -> (T5 sequence, pooled CLIP) embeddings, loading as little as possible.
 
 Most jobs use the default prompt, whose embedding is precomputed in the weights directory
-(``inpaint.prompts``), so the service gets ready without CLIP and T5-XXL (9.5 GB) and loads them
-once, from disk, on the first other prompt. That loading happens outside the model lock, so
+(``inpaint.model.prompts``), so the service gets ready without CLIP and T5-XXL (9.5 GB) and loads
+them once, from disk, on the first other prompt. That loading happens outside the model lock, so
 default-prompt jobs never wait for it. Results are kept in a small LRU cache.
 """
 
@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 from diffusers import FluxFillPipeline
 from diffusers.utils import logging as diffusers_logging
@@ -24,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from inpaint.config import Settings
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
-from inpaint.prompts import EmbeddingStore
+from inpaint.model.prompts import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +224,8 @@ class PromptEncoder:
                     tensor.data = tensor.data.pin_memory()
 
     def encode(self, prompt: str) -> Embeddings:
-        """From the LRU cache, else precomputed (``inpaint.prompts``), else computed by CLIP + T5,
-        which are loaded on the first such prompt. Raises PromptUnavailableError when the image
+        """From the LRU cache, else precomputed (``inpaint.model.prompts``), else computed by CLIP +
+        T5, which are loaded on the first such prompt. Raises PromptUnavailableError when the image
         has no encoders."""
         key = (prompt, self.max_sequence_length)
         with self._model_lock:

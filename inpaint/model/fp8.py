@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
 

@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
 from diffusers.utils import logging as diffusers_logging
@@ -33,15 +36,15 @@ from transformers.utils import logging as transformers_logging
 
 from inpaint.config import Settings
 from inpaint.errors import DeviceFailedError
-from inpaint.gpuhealth import DeviceHealth, Failure
 from inpaint.model.checks import check_model_files, resolve_device, resolve_dtype
 from inpaint.model.encoders import PromptEncoder
 from inpaint.model.fp8 import Fp8Conversion, Fp8Mode
+from inpaint.model.gpuhealth import DeviceHealth, Failure
 from inpaint.model.layout import to_diffusers_layout
 from inpaint.model.mapped import load_gguf_mapped
 from inpaint.model.options import Option, Target, apply_options, choose_options
-from inpaint.prompts import EmbeddingStore
-from inpaint.types import GenerationParams, ProgressCallback
+from inpaint.model.params import GenerationParams, ProgressCallback
+from inpaint.model.prompts import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

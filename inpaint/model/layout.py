@@ -6,7 +6,7 @@ of the transformer, read at load and held twice. Rows of a quantized tensor are 
 blocks, so a part is just a view of its rows; this conversion returns views, and the only copy
 left is the final AdaLN's swapped halves (a few megabytes). A state dict already in diffusers
 names, or one this does not fully understand, is returned as it came, and diffusers converts it
-as before: correct, only without the saving. The names come from ``inpaint.flux_names`` (the
+as before: correct, only without the saving. The names come from ``inpaint.model.flux_names`` (the
 random model's writer reads the same table); tested against diffusers' converter, tensor for
 tensor.
 """
@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 
-from inpaint.flux_names import SUFFIXES, Fused, Scale, Swapped, block_indices, flux_names
+from inpaint.model.flux_names import SUFFIXES, Fused, Scale, Swapped, block_indices, flux_names
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import gguf
 import numpy as np
 import torch

@@ -22,6 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+# isort: split
 import torch
 
 from inpaint.config import Settings

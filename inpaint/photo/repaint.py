@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from PIL import Image
 
 from inpaint.config import Settings
+from inpaint.model.params import GenerationParams, ProgressCallback
 from inpaint.photo import imaging
-from inpaint.types import GenerationParams, ProgressCallback
 
 
 class Model(Protocol):
-    """What a job needs from the pipeline (``inpaint.model.InpaintModel``)."""
+    """What a job needs from the pipeline (``inpaint.model.inpainter.InpaintModel``)."""
 
     def generate(
         self,

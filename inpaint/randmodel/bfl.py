@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from inpaint.flux_names import SUFFIXES, Fused, Scale, Swapped, block_indices, flux_names
+from inpaint.model.flux_names import SUFFIXES, Fused, Scale, Swapped, block_indices, flux_names
 
 if TYPE_CHECKING:
     import torch
@@ -15,10 +15,10 @@ def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     """Renames a diffusers FLUX transformer state dict to BFL (original checkpoint) names.
 
     The exact inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``, by the
-    table in ``inpaint.flux_names``: q/k/v are fused into ``qkv`` (double blocks) or ``linear1``
-    together with the MLP input (single blocks) and the final AdaLN halves are swapped. Raises
-    KeyError on leftovers so a diffusers release adding tensors cannot silently produce a file
-    that loads half-empty.
+    table in ``inpaint.model.flux_names``: q/k/v are fused into ``qkv`` (double blocks) or
+    ``linear1`` together with the MLP input (single blocks) and the final AdaLN halves are swapped.
+    Raises KeyError on leftovers so a diffusers release adding tensors cannot silently produce a
+    file that loads half-empty.
     """
     import torch
 

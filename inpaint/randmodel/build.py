@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from inpaint.model.weights_layout import gguf_filename
 from inpaint.randmodel.gguf_file import tensor_specs, write_random_gguf
 from inpaint.randmodel.spec import (
     MODEL_INDEX_COMPONENTS,
@@ -34,7 +35,6 @@ from inpaint.randmodel.spec import (
     tiny_spec,
 )
 from inpaint.randmodel.tokenizers import clip_tokenizer, t5_tokenizer
-from inpaint.weights_dir import gguf_filename
 
 MARKER_NAME = ".random-model.json"
 LOCK_NAME = ".random-model.lock"
@@ -65,7 +65,7 @@ def build_model(
     with locked(dest / LOCK_NAME):
         _build_locked(dest, spec, quant=quant, seed=seed, device=device)
         if spec.text_encoders:  # the weights command's step, same code
-            from inpaint.model import write_builder_embeddings
+            from inpaint.model.embeddings import write_builder_embeddings
 
             # bfloat16: what a GPU runs; float32: what a CPU runs by default (tests, demo), too
             # big for T5-XXL at full size (19 GB).
@@ -174,6 +174,9 @@ def locked(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No "Writing model shards" progress bars from save_pretrained in test and CLI output."""
+    import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+    # isort: split
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -203,6 +206,9 @@ def write_base(base: Path, spec: ModelSpec, *, seed: int, device: str = "cpu") -
     Modules are created on ``device`` one at a time and freed after saving, so the full size
     (T5-XXL: 9.5 GB in bf16) never holds two of them.
     """
+    import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+    # isort: split
     import diffusers
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler

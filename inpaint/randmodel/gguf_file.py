@@ -41,6 +41,9 @@ def tensor_specs(config: Mapping[str, Any], layout: Layout) -> dict[str, tuple[i
     the file is written by exactly the mapping that the round-trip test checks against
     diffusers' own converter.
     """
+    import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+    # isort: split
     import torch
     from diffusers import FluxTransformer2DModel
 

@@ -29,6 +29,9 @@ def vocabulary_words() -> list[str]:
 def clip_tokenizer() -> Any:
     """A byte-level BPE tokenizer in CLIP's format: every byte is a token, plus merges that
     build the vocabulary words left to right."""
+    import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+    # isort: split
     from transformers import CLIPTokenizer
 
     chars = _byte_level_alphabet()
@@ -65,6 +68,9 @@ def _byte_level_alphabet() -> list[str]:
 
 def t5_tokenizer(max_length: int = TINY_T5_MAX_LENGTH) -> Any:
     """A Unigram tokenizer in T5's format (pad 0, eos 1, unk 2) over letters and digits."""
+    import inpaint.model.runtime  # noqa: F401  (first: the environment the libraries read)
+
+    # isort: split
     from transformers import T5Tokenizer
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]

@@ -1,13 +1,12 @@
 """Process-wide state of the serving process: the warmed pipeline and the Firebase store.
 
-The pipeline is loaded by a background thread that starts when ``main`` is imported, so the
-port is bound at once and ``/ready`` can answer 503 while the model loads; the warm-up
-inference (``INPAINT_WARMUP_STEPS``; 0 skips it) must pass before ``/ready`` says 200. A load
-that fails for a reason a retry can fix is retried a few times; after that (or at once for
-missing files or an unusable device) warm-up has failed for good and ``/health`` answers 503, so
-Cloud Run replaces the instance instead of feeding it events. The same happens later when the
-GPU fails under jobs (``inpaint.gpuhealth``: a fatal CUDA error, or out of memory several jobs in
-a row).
+The pipeline is loaded by a background thread that starts when ``main`` is imported, so the port is
+bound at once and ``/ready`` can answer 503 while the model loads; the warm-up inference
+(``INPAINT_WARMUP_STEPS``; 0 skips it) must pass before ``/ready`` says 200. A load that fails for a
+reason a retry can fix is retried a few times; after that (or at once for missing files or an
+unusable device) warm-up has failed for good and ``/health`` answers 503, so Cloud Run replaces the
+instance instead of feeding it events. The same happens later when the GPU fails under jobs
+(``inpaint.model.gpuhealth``: a fatal CUDA error, or out of memory several jobs in a row).
 
 The loader runs in the process that serves requests. Production (``inpaint.serving.app`` under
 gunicorn, no preload) creates the app in its worker and starts loading there. Only the
@@ -58,7 +57,7 @@ class State(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
-    # Loaded, then its GPU failed under a job (``inpaint.gpuhealth``): replace the instance.
+    # Loaded, then its GPU failed under a job (``inpaint.model.gpuhealth``): replace the instance.
     BROKEN = "broken"
 
 
@@ -191,7 +190,7 @@ def warmup_side(on_gpu: bool, work_megapixels: float) -> int:
 
 def load_and_warm(settings: Settings | None = None) -> Any:
     """Loads the production pipeline and warms it up (one inference unless disabled)."""
-    from inpaint.model import InpaintModel  # torch is imported here, in the loader thread
+    from inpaint.model.inpainter import InpaintModel  # torch is imported here, in the loader thread
 
     settings = settings or get_settings()
     model = InpaintModel.load(settings)

@@ -31,13 +31,13 @@ from inpaint.errors import (
     describe_error,
 )
 from inpaint.logs import log_context
+from inpaint.model.params import GenerationParams
 from inpaint.photo.repaint import QUEUE_STAGE, Model, Timings, repaint
 from inpaint.session.document import result_fields
 from inpaint.session.events import Ignored, JobRequest, parse_event
 from inpaint.session.gpuqueue import GpuQueue, Ticket
 from inpaint.session.heartbeat import Heartbeat
 from inpaint.session.store import Claim, ClaimOutcome, Outputs, SessionStore, write_outputs
-from inpaint.types import GenerationParams
 
 log = logging.getLogger(__name__)
 

@@ -220,7 +220,7 @@ def test_the_weights_command_adopts_the_library_loggers(tmp_path, monkeypatch):
 
     import huggingface_hub
 
-    from inpaint.weights import WeightsDownloadError, download
+    from inpaint.model.weights_download import WeightsDownloadError, download
 
     seen = []
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from inpaint.model.weights_layout import QUANTS
 from inpaint.serving import SERVE_ARGV
-from inpaint.weights_dir import QUANTS
 from tests.deploy.common import setting_env_names
 
 ROOT = Path(__file__).resolve().parents[2]

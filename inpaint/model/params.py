@@ -1,5 +1,6 @@
 """Names every room of the service shares: one job's generation parameters and the progress
-callback (the session document's fields and ``processingStatus`` values: ``document``).
+callback (the session document's fields and ``processingStatus`` values:
+``inpaint.session.document``).
 
 Kept free of heavy imports (no torch, no Google clients), so the job runner, the repaint step
 and the model can all use the same definitions.

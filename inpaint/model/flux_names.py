@@ -1,7 +1,7 @@
 """FLUX transformer tensor names, diffusers' against BFL's (the published checkpoints'): one table.
 
-The random model's writer (``randmodel.diffusers_to_bfl``) and the model loader
-(``model.to_diffusers_layout``, by views) both walk it, in its order (which is the BFL files'
+The random model's writer (``randmodel.bfl.diffusers_to_bfl``) and the model loader
+(``model.layout.to_diffusers_layout``, by views) both walk it, in its order (which is the BFL files'
 tensor order), so the two directions cannot drift apart.
 Mirrors diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``, against which both
 directions are tested. Torch is imported only by ``Swapped.swap``, when it runs.

@@ -1,8 +1,8 @@
 """Precomputed prompt embeddings: the reader (keys, manifest, store), without torch.
 
-Almost every job uses the default prompt, whose embeddings are a few megabytes, while computing
-them needs T5-XXL (9.5 GB) and CLIP in memory. ``python -m inpaint weights`` (and the random
-model builders, through the same ``inpaint.model.write_embeddings``) stores them in the weights
+Almost every job uses the default prompt, whose embeddings are a few megabytes, while computing them
+needs T5-XXL (9.5 GB) and CLIP in memory. ``python -m inpaint weights`` (and the random model
+builders, through the same ``inpaint.model.embeddings.write_embeddings``) stores them in the weights
 directory::
 
     DIR/prompt-embeddings/manifest.json        the keys, and what the encoders' files were

@@ -1,14 +1,14 @@
-"""Fetching the weights, and the one definition of the weights directory's layout.
+"""Fetching the weights: ``python -m inpaint weights``, exactly the files production needs.
 
 ``python -m inpaint weights --dest DIR --quant Q4_0`` writes::
 
     DIR/base/                     black-forest-labs/FLUX.1-Fill-dev without transformer weights
     DIR/flux1-fill-dev-Q4_0.gguf  the transformer, from YarvixPA/FLUX.1-Fill-dev-gguf
 
-The base repository is gated (accept the licence on its Hub page, then use a read token) and
-holds 57 GB, of which we need ~10 GB: the transformer comes from the GGUF file instead of the
-23 GB diffusers shards, and the 23 GB BFL single-file checkpoint and the 335 MB ``ae`` are
-duplicates of what we take. What the download must leave behind is ``inpaint.weights_dir``'s
+The base repository is gated (accept the licence on its Hub page, then use a read token) and holds
+57 GB, of which we need ~10 GB: the transformer comes from the GGUF file instead of the 23 GB
+diffusers shards, and the 23 GB BFL single-file checkpoint and the 335 MB ``ae`` are duplicates of
+what we take. What the download must leave behind is ``inpaint.model.weights_layout``'s
 ``missing_files``, the same check the model loader runs, so the two cannot drift apart.
 huggingface_hub and torch are imported inside the functions that need them.
 """
@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from inpaint.weights_dir import QUANTS, TRANSFORMER_FILES, gguf_filename, missing_files
+from inpaint.model.weights_layout import QUANTS, TRANSFORMER_FILES, gguf_filename, missing_files
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _check_listing(selected: list[str]) -> None:
 
 
 def add_embedding_options(parser: argparse.ArgumentParser) -> None:
-    """The weights command's prompt-embedding options (see ``inpaint.prompts``)."""
+    """The weights command's prompt-embedding options (see ``inpaint.model.prompts``)."""
     parser.add_argument(
         "--prompt",
         action="append",
@@ -190,8 +190,10 @@ def add_embedding_options(parser: argparse.ArgumentParser) -> None:
 
 def precompute_embeddings(args: argparse.Namespace) -> None:
     """Writes the prompt embeddings into ``args.dest`` (after the download)."""
-    from inpaint.model import write_embeddings  # torch: only when embeddings are computed
-    from inpaint.prompts import deployment_prompts
+    from inpaint.model.embeddings import (
+        write_embeddings,  # torch: only when embeddings are computed
+    )
+    from inpaint.model.prompts import deployment_prompts
 
     write_embeddings(
         args.dest,

@@ -3,7 +3,7 @@ builders and the model loader share (file names, quantizations, what a complete 
 
     DIR/base/                       black-forest-labs/FLUX.1-Fill-dev without transformer weights
     DIR/flux1-fill-dev-<QUANT>.gguf the transformer
-    DIR/prompt-embeddings/          precomputed prompt embeddings (``inpaint.prompts``)
+    DIR/prompt-embeddings/          precomputed prompt embeddings (``inpaint.model.prompts``)
 
 Standard library only: imported by the settings, the CLI and the loader alike.
 """
