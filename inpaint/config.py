@@ -222,7 +222,7 @@ class Settings(BaseSettings):
 
     # --- speed-ups (measured one at a time by benchmarks/perf_bench.py; docs/performance.md) ---
     # Each is one object in inpaint/model/options.py; those not yet proven on a GPU say
-    # "Experimental" here (tests/test_model_options.py checks it against the objects).
+    # "Experimental" here (tests/model/test_model_options.py checks it against the objects).
     compile: bool = Field(
         False,
         description="Experimental (not yet measured on a GPU). "

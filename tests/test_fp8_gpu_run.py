@@ -66,7 +66,7 @@ def test_every_variant_has_its_figures(tiny_run):
     assert results["ours-l4-gguf"]["applied"]["fp8"] == "off"
     assert results["ours-l4-gguf"]["applied"]["fp8_layers"] == 0
     assert results["ours-l4-gguf"]["settings"]["quant"] == "Q4_0"
-    # FP8 weight-only stays close to the bf16 reference on the tiny model (tests/test_fp8.py
+    # FP8 weight-only stays close to the bf16 reference on the tiny model (tests/model/test_fp8.py
     # bounds the same comparison; the step cache may add its own approximation).
     assert results["fp8"]["diff_mean"] <= 2.0
 

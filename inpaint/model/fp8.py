@@ -21,7 +21,7 @@ Modes (``choose_fp8_mode`` decides; a pure function, tested by a table):
   each activation row in FP8, FP8 matmuls. torchao refuses it below compute capability 8.9 and
   on CPU, so we refuse that at start-up, naming the setting. ``activation_value_lb`` is set:
   without it torchao 0.18 divides an all-zero activation row by a zero scale and the row
-  becomes NaN (``tests/test_fp8.py`` shows both).
+  becomes NaN (``tests/model/test_fp8.py`` shows both).
 * ``weight-only``: ``Float8WeightOnlyConfig()``: FP8 weights (per-row scales), matmuls in the
   compute dtype. Any device, CPU included: the tests prove the conversion and its numerics here.
 

@@ -6,7 +6,7 @@ that only some GPUs have), and none of them has run on a GPU yet, while the load
 is the one path every job needs. One object per option keeps each option's rules in one place,
 keeps ``InpaintModel.load`` a short list of steps, and gives one source for the options still
 **experimental** (``gpu_proven=False``): their setting descriptions say so (checked by
-``tests/test_model_options.py``) and ``load`` logs one warning naming those in effect.
+``tests/model/test_model_options.py``) and ``load`` logs one warning naming those in effect.
 
 Order matters and is ``OPTIONS``' order: the placement options decide where the pipeline's parts
 live (before the default prompt may load CLIP and T5); then the transformer options, where the

@@ -6,7 +6,7 @@ function (the Admin SDK). ``FIELDS`` says, for each field, its type, which write
 it means; the functions below are the function's writes themselves, pure (values in, fields
 out), so the claim rules (``claims``), the lease writes (``store``) and the job (``jobs``) write
 exactly what is declared here. Tests hold the rest to it: each write's keys against ``FIELDS``
-(``tests/test_document.py``), the rules' lists of app fields and README's field table too.
+(``tests/session/test_document.py``), the rules' lists of app fields and README's field table too.
 
 Field names ``processingStatus``, ``editedImagePath``, ``previewImagePath``, ``cost`` and
 ``errorMessage``, and the Storage paths, are the contract of the service we replace; the other

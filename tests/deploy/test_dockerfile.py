@@ -572,7 +572,7 @@ def test_every_copy_source_is_in_the_build_context():
         "models/flux1-fill-dev-Q4_0.gguf",
         "flux1-fill-dev-Q8_0.gguf",
         "inpaint/flux1-fill-dev-Q4_0.gguf",
-        "tests/test_model.py",
+        "tests/model/test_model.py",
         ".env",
         "inpaint/.env",
         "firebase-credentials.json",

@@ -2,7 +2,7 @@
 failed, not acknowledged), the instance reports itself broken on /health so Cloud Run replaces
 it, and the redeliveries that still reach it spend no attempt. The failure is injected by
 ``tests/data/gpu_fault/sitecustomize.py`` (the pipeline raises CUDA's illegal memory access
-after warm-up); the decision itself is table-tested in tests/test_gpuhealth.py."""
+after warm-up); the decision itself is table-tested in tests/model/test_gpuhealth.py."""
 
 from __future__ import annotations
 

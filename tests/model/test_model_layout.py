@@ -1,8 +1,8 @@
 """``to_diffusers_layout``: BFL names to diffusers', by views (diffusers' converter copies).
 
 Equality with diffusers' own converter, on a real GGUF file, is proven in
-tests/test_model_mapped.py (the loaded transformers agree tensor for tensor); here: the inverse
-of the random model's ``diffusers_to_bfl``, views not copies, and the fallbacks.
+tests/model/test_model_mapped.py (the loaded transformers agree tensor for tensor); here: the
+inverse of the random model's ``diffusers_to_bfl``, views not copies, and the fallbacks.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from inpaint.model.inpainter import WARMUP_SIZE, InpaintModel
 from inpaint.model.params import GenerationParams
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings(model_dir, **overrides) -> Settings:

@@ -27,7 +27,7 @@ from inpaint.config import Settings
 from inpaint.model.inpainter import SIZE_MULTIPLE, InpaintModel, warmup_sizes
 from inpaint.model.params import GenerationParams
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

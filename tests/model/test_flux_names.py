@@ -1,7 +1,7 @@
 """The FLUX name table: complete for the real model, each name once, row shares exact.
 
 Both directions that read it are tested against diffusers' converter elsewhere
-(tests/test_randmodel.py, tests/test_model_mapped.py); here the table itself."""
+(tests/model/test_randmodel.py, tests/model/test_model_mapped.py); here the table itself."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from inpaint.session.document import (
 )
 from inpaint.session.events import SessionRef
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
 SESSION = SessionRef("u1", "s1")
 RESULT = document.result_fields(

@@ -25,9 +25,9 @@ from inpaint.model import fp8 as fp8_module
 from inpaint.model.fp8 import ACTIVATION_VALUE_LB, choose_fp8_mode, gguf_linears, quant_config
 from inpaint.model.inpainter import InpaintModel
 from inpaint.model.params import GenerationParams
-from tests.test_model_options import inputs
+from tests.model.test_model_options import inputs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 torchao_quantization = pytest.importorskip("torchao.quantization")
 from torchao.quantization import Float8Tensor, PerRow, quantize_  # noqa: E402
 
