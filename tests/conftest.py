@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tools.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +38,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.container.plugin import ImageBuildPlugin
 
     config.pluginmanager.register(ImageBuildPlugin(config), "inpaint-image-build")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The local Google stack (Firestore, Storage, Pub/Sub emulators), one per test process,
+    its addresses in this process's environment while it runs."""
+    from tools.stack import LocalStack
+
+    with LocalStack(workdir=tmp_path_factory.mktemp("stack")) as running:
+        running.apply_env()
+        yield running
+        running.restore_env()
 
 
 @pytest.fixture(scope="session")

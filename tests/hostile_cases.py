@@ -23,6 +23,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -307,6 +308,18 @@ class SessionCase:
     error: str | None = None
     check: Callable[[dict, Image.Image, Image.Image], None] | None = None
     size: tuple[int, int] = SIZE
+
+    def create(self, sessions: Any) -> tuple[str, str]:
+        """The session as the app creates it, with only this case's inputs, through ``sessions``
+        (the e2e ``Sessions`` or the in-process app: the same arguments)."""
+        return sessions.create(
+            photo=self.photo,
+            mask=self.mask,
+            doc=self.doc,
+            upload_photo=self.photo is not None,
+            upload_mask=self.mask is not None,
+            create_doc=self.create_doc,
+        )
 
 
 def _masked_region_changed(doc: dict, original: Image.Image, edited: Image.Image) -> None:

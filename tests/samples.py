@@ -32,3 +32,13 @@ def ellipse_mask(
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def ramp_inputs(size: int | tuple[int, int] = 64) -> tuple[Image.Image, Image.Image]:
+    """A colour ramp and a mask of its middle half (the model tests' job), ``size`` a side or
+    ``(width, height)``."""
+    width, height = (size, size) if isinstance(size, int) else size
+    ramp = np.linspace(0, 255, width * height * 3, dtype=np.float32).reshape(height, width, 3)
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return Image.fromarray(ramp.astype(np.uint8)), mask

@@ -93,14 +93,7 @@ def test_hostile_events_are_acknowledged_and_change_nothing(name, app, bystander
 @pytest.mark.parametrize("name", list(SESSION_CASES))
 def test_broken_sessions_end_in_the_expected_state(name, app):
     case = SESSION_CASES[name]
-    user, session = app.create(
-        photo=case.photo,
-        mask=case.mask,
-        doc=case.doc,
-        upload_photo=case.photo is not None,
-        upload_mask=case.mask is not None,
-        create_doc=case.create_doc,
-    )
+    user, session = case.create(app)
     inputs = app.versions(user, session)
     response = app.post(*eventlib.pubsub_binary(user, session))
 

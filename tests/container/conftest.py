@@ -20,7 +20,7 @@ from tests.container.plugin import TAG, Built
 from tests.e2e.conftest import Sessions
 from tools.engine import Engine
 from tools.server import FAST_SETTINGS
-from tools.stack import LocalStack, free_port
+from tools.stack import free_port
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +30,6 @@ def image(pytestconfig) -> Built:
     built = pytestconfig.pluginmanager.get_plugin("inpaint-image-build").built()
     print(f"\nimage built in {built.result.seconds:.1f} s")
     return built
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[LocalStack]:
-    with LocalStack(workdir=tmp_path_factory.mktemp("container-stack")) as running:
-        running.apply_env()
-        yield running
-        running.restore_env()
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,6 @@ from PIL import Image
 
 from tests.samples import ellipse_mask, photo_jpeg
 from tools.server import FAST_SETTINGS, ServerProcess
-from tools.stack import LocalStack
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Iterator[LocalStack]:
-    with LocalStack(workdir=tmp_path_factory.mktemp("stack")) as running:
-        running.apply_env()
-        yield running
-        running.restore_env()
 
 
 @pytest.fixture(scope="session")
@@ -199,18 +190,6 @@ def firestore_state(db) -> dict[str, str]:
         snap = ref.get()
         docs[ref.path] = canonical(snap.to_dict() if snap.exists else None)
     return docs
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05):
-    """Polls ``predicate`` until it returns something truthy (returned), else TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def blob_versions(sessions: Sessions, user: str, session: str) -> dict[str, tuple]:

@@ -17,11 +17,9 @@ import pytest
 import requests
 import torch
 
-from tests.e2e.conftest import (
-    blob_versions,
-    inference_count,
-    wait_for,
-)
+from inpaint.session.store import utcnow
+from tests.e2e.conftest import blob_versions, inference_count
+from tests.helpers import denoising, wait_for
 from tools import eventlib
 from tools.front import CloudRunFront
 from tools.server import claims_by_session, log_records
@@ -52,10 +50,6 @@ def slow_pair(start_server):
     return a, b
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _post_quietly(server, headers, body):
     """A delivery whose connection may die with the server: the status, or None."""
     try:
@@ -78,13 +72,6 @@ def _redeliver(server, headers, body, tries: int = 20, until: int = 200) -> list
             break
         time.sleep(1.0)
     return codes
-
-
-def _denoising(sessions, user, session):
-    doc = sessions.doc(user, session)
-    if doc and doc.get("processingStatus") == "processing" and doc.get("progress", 0) > 0:
-        return doc
-    return None
 
 
 def _written_during(version: tuple, doc: dict) -> bool:
@@ -196,13 +183,13 @@ def _answered(front, message_id, by, status):
     )
 
 
-def _crash_mid_denoising(stack, front, topic, doomed, fresh, sessions):
+def _crash_middenoising(stack, front, topic, doomed, fresh, sessions):
     """Publishes a long job, kills its instance mid-denoising, routes the rest to ``fresh``."""
     user, session = sessions.create(doc=LONG_JOB)
     inputs = blob_versions(sessions, user, session)
     front.target = doomed.url + "/"
     message_id = stack.publish(topic, {"userId": user, "sessionId": session})
-    running = wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+    running = wait_for(lambda: denoising(sessions, user, session), timeout=300)
     front.target = fresh.url + "/"  # the next instance Cloud Run routes to
     doomed.kill()  # SIGKILL master and worker mid-denoising: no cleanup of any kind
     assert doomed.proc.poll() is not None
@@ -240,7 +227,7 @@ def test_a_crashed_instances_job_is_kept_by_pubsub_while_its_lease_lives_then_co
     redelivery takes the job over and completes it."""
     doomed, fresh = slow_pair
     with _pushed(stack) as (front, topic):
-        user, session, inputs, message_id, running = _crash_mid_denoising(
+        user, session, inputs, message_id, running = _crash_middenoising(
             stack, front, topic, doomed, fresh, sessions
         )
         front.wait_for(_answered(front, message_id, fresh.url + "/", 503), timeout=120)
@@ -248,14 +235,14 @@ def test_a_crashed_instances_job_is_kept_by_pubsub_while_its_lease_lives_then_co
         orphan = sessions.doc(user, session)
         assert orphan["processingStatus"] == "processing" and orphan["attempts"] == 1
         assert orphan["leaseOwner"] == running["leaseOwner"]
-        assert (orphan["leaseExpiresAt"] - _now()).total_seconds() > 60
+        assert (orphan["leaseExpiresAt"] - utcnow()).total_seconds() > 60
         assert blob_versions(sessions, user, session) == inputs
         assert inference_count(fresh) == 0
         assert any(
             "this event's job runs under an unexpired lease" in m for m in _outcomes(fresh, session)
         )
 
-        expired = _now() - dt.timedelta(seconds=1)
+        expired = utcnow() - dt.timedelta(seconds=1)
         sessions.db.document(f"users/{user}/sessions/{session}").update({"leaseExpiresAt": expired})
         _assert_completed_by_the_second_attempt(sessions, user, session, inputs)
         _assert_acknowledged_once_by_the_job(front, message_id, doomed, fresh)
@@ -271,7 +258,7 @@ def test_a_crashed_instances_job_completes_by_pubsub_redelivery_alone_with_a_sho
     _, fresh = slow_pair
     claims_before = inference_count(fresh)
     with _pushed(stack) as (front, topic):
-        user, session, inputs, message_id, _ = _crash_mid_denoising(
+        user, session, inputs, message_id, _ = _crash_middenoising(
             stack, front, topic, doomed, fresh, sessions
         )
         _assert_completed_by_the_second_attempt(sessions, user, session, inputs)
@@ -290,14 +277,14 @@ def test_storage_outage_mid_job_answers_500_and_the_redelivery_completes(
     headers, body = eventlib.pubsub_binary(user, session, f"st-mid-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, headers, body)
-        wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+        wait_for(lambda: denoising(sessions, user, session), timeout=300)
         with stack.outage("storage"):  # from mid-denoising until the delivery has answered
             response = delivery.result(timeout=300)
     assert response.status_code == 500
     doc = sessions.doc(user, session)
     assert doc["processingStatus"] == "processing" and doc["attempts"] == 1
     assert doc["errorMessage"] is None and doc["lastError"]  # transient: not shown as failed
-    assert doc["leaseExpiresAt"] <= _now()  # released for the redelivery
+    assert doc["leaseExpiresAt"] <= utcnow()  # released for the redelivery
     assert blob_versions(sessions, user, session) == inputs  # the upload never happened
 
     codes = _redeliver(shared_server, headers, body)
@@ -319,14 +306,14 @@ def test_firestore_outage_mid_job_then_the_same_instance_retakes_its_own_lease(
     headers, body = eventlib.pubsub_binary(user, session, f"fs-mid-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, headers, body)
-        running = wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+        running = wait_for(lambda: denoising(sessions, user, session), timeout=300)
         with stack.outage("firestore"):
             response = delivery.result(timeout=90)
     assert response.status_code == 500
     stuck = sessions.doc(user, session)
     assert stuck["processingStatus"] == "processing" and stuck["attempts"] == 1
     assert stuck["leaseOwner"] == running["leaseOwner"]
-    assert (stuck["leaseExpiresAt"] - _now()).total_seconds() > 60  # the release was blocked
+    assert (stuck["leaseExpiresAt"] - utcnow()).total_seconds() > 60  # the release was blocked
     assert stuck.get("errorMessage") is None
     logs = _outcomes(shared_server, session)
     assert "could not release the lease; it will expire on its own" in logs

@@ -33,7 +33,7 @@ import requests
 from google.cloud import firestore
 from google.events.cloud.firestore import DocumentEventData
 
-from tests.e2e.conftest import wait_for
+from tests.helpers import wait_for
 from tests.samples import ellipse_mask, photo_jpeg
 from tools.server import claims_by_session, log_records
 from tools.stack.servers import HOST, find_firestore_jar, free_port

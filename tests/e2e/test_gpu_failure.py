@@ -6,20 +6,11 @@ after warm-up); the decision itself is table-tested in tests/model/test_gpuhealt
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+from tests.helpers import wait_for
+
 FAULT = Path(__file__).resolve().parent.parent / "data" / "gpu_fault"
-
-
-def wait_for(predicate, timeout: float = 300.0, what: str = "") -> None:
-    """Polls ``predicate`` (a bound on a hang, not a speed requirement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def test_a_fatal_cuda_error_breaks_the_instance_and_the_job_is_redelivered(
@@ -32,7 +23,12 @@ def test_a_fatal_cuda_error_breaks_the_instance_and_the_job_is_redelivered(
     try:
         user, session = sessions.create()
         stack.publish("gpu-fault", {"userId": user, "sessionId": session})
-        wait_for(lambda: server.get("/health").status_code == 503, what="/health never turned 503")
+        wait_for(
+            lambda: server.get("/health").status_code == 503,
+            timeout=300,
+            interval=0.1,
+            what="/health never turned 503",
+        )
         health = server.get("/health").json()
         assert health["model"] == "broken" and "illegal memory access" in health["error"]
         assert server.get("/ready").status_code == 503
@@ -40,7 +36,9 @@ def test_a_fatal_cuda_error_breaks_the_instance_and_the_job_is_redelivered(
         def refused_again() -> bool:
             return "this instance's GPU failed" in server.log_text()
 
-        wait_for(refused_again, what="no redelivery was refused")  # Pub/Sub's own redelivery
+        wait_for(
+            refused_again, timeout=300, interval=0.1, what="no redelivery was refused"
+        )  # Pub/Sub's own redelivery
         doc = sessions.doc(user, session)
         assert doc["processingStatus"] == "processing"  # not failed: another instance paints it
         assert "illegal memory access" in doc["lastError"]

@@ -82,14 +82,7 @@ def test_hostile_events_are_acknowledged_and_change_nothing(
 @pytest.mark.parametrize("name", REAL_SERVER_SESSIONS)
 def test_broken_sessions_end_in_the_expected_state(name, shared_server, sessions):
     case = SESSION_CASES[name]
-    user, session = sessions.create(
-        photo=case.photo,
-        mask=case.mask,
-        doc=case.doc,
-        upload_photo=case.photo is not None,
-        upload_mask=case.mask is not None,
-        create_doc=case.create_doc,
-    )
+    user, session = case.create(sessions)
     inputs = blob_versions(sessions, user, session)
     response = shared_server.post(*eventlib.pubsub_binary(user, session))
 

@@ -9,7 +9,6 @@ after the first progress write, and outcomes are read back from Firestore and St
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as dt
 import os
 import signal
 import threading
@@ -17,7 +16,9 @@ import uuid
 
 import torch
 
-from tests.e2e.conftest import blob_versions, inference_count, wait_for
+from inpaint.session.store import utcnow
+from tests.e2e.conftest import blob_versions, inference_count
+from tests.helpers import denoising, wait_for
 from tools import eventlib
 from tools.server import claims_by_session, log_records
 
@@ -30,17 +31,6 @@ STOPPABLE = {"steps": 200}
 # A job that runs to its end with several heartbeats (every 0.2 s): 50 tiny steps take ~2.5 s on
 # two CPU cores; where CUDA runs them in milliseconds, 200.
 LONG_JOB = {"steps": 200 if torch.cuda.is_available() else 50}
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _denoising(sessions, user, session):
-    doc = sessions.doc(user, session)
-    if doc and doc.get("processingStatus") == "processing" and doc.get("progress", 0) > 0:
-        return doc
-    return None
 
 
 def _messages(server, session_id: str) -> list[str]:
@@ -152,7 +142,7 @@ def test_a_job_whose_lease_was_taken_over_stops_before_writing_outputs(shared_se
     ref = sessions.db.document(f"users/{user}/sessions/{session}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, *eventlib.pubsub_binary(user, session))
-        wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+        wait_for(lambda: denoising(sessions, user, session), timeout=300)
         ref.update({"leaseOwner": "another-instance:token"})  # what a takeover writes
         assert delivery.result(timeout=300).status_code == 200
     assert sessions.files(user, session) == INPUTS
@@ -171,7 +161,7 @@ def test_the_app_cancels_a_running_job(shared_server, sessions):
     claims_before = inference_count(shared_server)
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(shared_server.post, *eventlib.pubsub_binary(user, session))
-        wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+        wait_for(lambda: denoising(sessions, user, session), timeout=300)
         ref.update({"processingStatus": "cancelled"})  # what the app writes
         assert delivery.result(timeout=300).status_code == 200  # acknowledged, not retried
     stopped = sessions.doc(user, session)
@@ -233,7 +223,7 @@ def test_sigterm_releases_the_lease_of_a_running_job_for_its_redelivery(
     headers, body = eventlib.pubsub_binary(user, session, f"term-{uuid.uuid4().hex}")
     with cf.ThreadPoolExecutor(1) as pool:
         delivery = pool.submit(doomed.post, headers, body)
-        running = wait_for(lambda: _denoising(sessions, user, session), timeout=300)
+        running = wait_for(lambda: denoising(sessions, user, session), timeout=300)
         os.killpg(doomed.proc.pid, signal.SIGTERM)
         assert delivery.result(timeout=300).status_code == 500  # redeliver it elsewhere
     assert doomed.proc.wait(30) == 0
@@ -241,7 +231,7 @@ def test_sigterm_releases_the_lease_of_a_running_job_for_its_redelivery(
     # The stop was not the job's fault: the attempt is given back (issue 27, defect 5).
     assert released["processingStatus"] == "processing" and released["attempts"] == 0
     assert released["leaseOwner"] == running["leaseOwner"]
-    assert released["leaseExpiresAt"] <= _now()
+    assert released["leaseExpiresAt"] <= utcnow()
     assert "shutting down" in released["lastError"]
     assert sessions.files(user, session) == INPUTS
     assert "SIGTERM: taking no new jobs; a running job releases its lease" in [

@@ -7,6 +7,7 @@ import time
 
 import requests
 
+from tests.helpers import wait_for
 from tools import eventlib
 from tools.server import BIN, ServerProcess
 
@@ -27,23 +28,20 @@ def start_target(server_env, tmp_path, target: str) -> ServerProcess:
     return server.start()
 
 
-def wait_for(url: str, status: int, timeout: float = 120) -> requests.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            response = requests.get(url, timeout=2)
-            if response.status_code == status:
-                return response
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
+def answered(url: str, status: int) -> requests.Response | None:
+    """``url``'s answer if it is ``status`` (None also while the server is not listening)."""
+    try:
+        response = requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return None
+    return response if response.status_code == status else None
 
 
 def test_health_target_serves_health_and_ready(server_env, tmp_path):
     server = start_target(server_env, tmp_path, "health")
     try:
-        ready = wait_for(server.url + "/ready", 200)
+        url = server.url + "/ready"
+        ready = wait_for(lambda: answered(url, 200), timeout=120, interval=0.2, what=url)
         assert ready.json()["model"] == "ready"
         assert server.get("/health").status_code == 200
         assert server.get("/").status_code == 200

@@ -13,7 +13,7 @@ import concurrent.futures as cf
 import pytest
 import torch
 
-from tests.e2e.conftest import wait_for
+from tests.helpers import wait_for
 from tools import eventlib
 from tools.server import log_records
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for
 from tests.e2e.test_firestore_triggers import _completed, triggering_stack
+from tests.helpers import wait_for
 from tests.samples import ellipse_mask, photo_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,8 @@ from inpaint.model import fp8 as fp8_module
 from inpaint.model.fp8 import ACTIVATION_VALUE_LB, choose_fp8_mode, gguf_linears, quant_config
 from inpaint.model.inpainter import InpaintModel
 from inpaint.model.params import GenerationParams
-from tests.model.test_model_options import inputs
+from tests.helpers import tiny_settings
+from tests.samples import ramp_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 torchao_quantization = pytest.importorskip("torchao.quantization")
@@ -44,8 +45,7 @@ Q8_0_SOURCE_BOUND = 0.04  # the same layer through Q8_0, then FP8: measured 0.02
 
 
 def settings(model_dir, **overrides) -> Settings:
-    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "bfloat16"}
-    return Settings(**(values | overrides))
+    return tiny_settings(model_dir, **({"dtype": "bfloat16"} | overrides))
 
 
 def params(steps=2):
@@ -216,7 +216,7 @@ def test_the_converted_layers_pages_leave_the_process(fp8_model):
 def test_fp8_weight_only_image_is_close_to_the_dequantized_bf16_image(tiny_model_dir, fp8_model):
     dense = InpaintModel.load(settings(tiny_model_dir, dequantize=True))
     assert dense.dequantized and dense.fp8 == "off"
-    image, mask = inputs()
+    image, mask = ramp_inputs()
     expected = np.asarray(dense.generate(image, mask, params()), dtype=np.int16)
     got = np.asarray(fp8_model.generate(image, mask, params()), dtype=np.int16)
     diff = np.abs(expected - got)
@@ -231,7 +231,7 @@ def test_fp8_model_runs_with_the_step_cache_and_float32(tiny_model_dir):
         settings(tiny_model_dir, dtype="auto", fp8="auto", step_cache_threshold=0.5)
     )
     assert model.fp8 == "weight-only" and model.dtype == torch.float32
-    out = model.generate(*inputs(32), params(steps=1))
+    out = model.generate(*ramp_inputs(32), params(steps=1))
     assert out.size == (32, 32) and out.mode == "RGB"
 
 
@@ -255,7 +255,7 @@ def test_real_width_bfl_file_converts_from_its_memory_map(tiny_model_dir):
     assert converted == names and fp8.fp8_conversion.layers == len(names) == 20
     assert transformer.single_transformer_blocks[0].attn.to_k.weight.shape == (3072, 3072)
     assert fp8.fp8_conversion.released_bytes > 200 * 2**20  # most of the 355 MiB file
-    image, mask = inputs(32)
+    image, mask = ramp_inputs(32)
     expected = np.asarray(gguf.generate(image, mask, params(steps=1)), dtype=np.int16)
     got = np.asarray(fp8.generate(image, mask, params(steps=1)), dtype=np.int16)
     diff = np.abs(expected - got)

@@ -14,29 +14,15 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear
 from PIL import Image
 
-from inpaint.config import Settings
 from inpaint.errors import DeviceUnavailableError, ModelFilesMissingError
 from inpaint.model.checks import choose_device, compile_refusal, resolve_device, resolve_dtype
 from inpaint.model.inpainter import WARMUP_SIZE, InpaintModel
 from inpaint.model.params import GenerationParams
 from inpaint.randmodel import MODEL_VERSION, build_tiny_model
+from tests.helpers import tiny_settings
+from tests.samples import ramp_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def settings(model_dir, **overrides) -> Settings:
-    # CPU on purpose: these tests check the CPU path's exact behaviour, on a GPU machine too.
-    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "auto"}
-    return Settings(**(values | overrides))
-
-
-def photo(size=(128, 128)):
-    width, height = size
-    ramp = np.linspace(0, 255, width * height * 3, dtype=np.float32).reshape(height, width, 3)
-    image = Image.fromarray(ramp.astype(np.uint8))
-    mask = Image.new("L", size, 0)
-    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    return image, mask
 
 
 def params(prompt="a cat on a sofa", seed=7, steps=2, guidance=30.0):
@@ -49,7 +35,7 @@ def pixels(image):
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir) -> InpaintModel:
-    return InpaintModel.load(settings(tiny_model_dir))
+    return InpaintModel.load(tiny_settings(tiny_model_dir))
 
 
 def test_loads_gguf_quantized_transformer_on_cpu_float32(model):
@@ -63,17 +49,17 @@ def test_loads_gguf_quantized_transformer_on_cpu_float32(model):
 
 
 def test_generate_returns_rgb_of_the_input_size(model):
-    image, mask = photo((256, 256))
+    image, mask = ramp_inputs(256)
     out = model.generate(image, mask, params())
     assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (256, 256)
-    image, mask = photo((192, 128))
+    image, mask = ramp_inputs((192, 128))
     out = model.generate(image.convert("RGBA"), mask.convert("1"), params(steps=1))
     assert out.mode == "RGB" and out.size == (192, 128)
     assert pixels(out).std() > 0
 
 
 def test_same_seed_same_pixels_other_seed_differs(model):
-    image, mask = photo()
+    image, mask = ramp_inputs(128)
     first = model.generate(image, mask, params(seed=11))
     again = model.generate(image, mask, params(seed=11))
     other = model.generate(image, mask, params(seed=12))
@@ -82,7 +68,7 @@ def test_same_seed_same_pixels_other_seed_differs(model):
 
 
 def test_progress_callback_gets_each_step(model):
-    image, mask = photo()
+    image, mask = ramp_inputs(128)
     calls = []
     model.generate(
         image, mask, params(steps=3), on_step=lambda done, total: calls.append((done, total))
@@ -109,7 +95,7 @@ class EncoderCalls:
 
 
 def test_repeated_prompt_skips_both_text_encoders(model):
-    image, mask = photo()
+    image, mask = ramp_inputs(128)
     model.prompts.load_text_encoders()
     calls = EncoderCalls(model.pipe)
     try:
@@ -126,10 +112,10 @@ def test_repeated_prompt_skips_both_text_encoders(model):
 
 def test_prompt_cache_is_lru_and_can_be_off(model, tiny_model_dir):
     small = InpaintModel(
-        model.pipe, settings(tiny_model_dir, prompt_cache_size=2), "cpu", torch.float32
+        model.pipe, tiny_settings(tiny_model_dir, prompt_cache_size=2), "cpu", torch.float32
     )
     off = InpaintModel(
-        model.pipe, settings(tiny_model_dir, prompt_cache_size=0), "cpu", torch.float32
+        model.pipe, tiny_settings(tiny_model_dir, prompt_cache_size=0), "cpu", torch.float32
     )
     model.prompts.load_text_encoders()
     calls = EncoderCalls(model.pipe)
@@ -147,18 +133,18 @@ def test_prompt_cache_is_lru_and_can_be_off(model, tiny_model_dir):
 
 
 def test_generate_rejects_nonsense(model):
-    image, mask = photo()
+    image, mask = ramp_inputs(128)
     with pytest.raises(ValueError, match="steps"):
         model.generate(image, mask, params(steps=0))
     with pytest.raises(ValueError, match="multiples of 16"):
-        model.generate(*photo((120, 128)), params())
+        model.generate(*ramp_inputs((120, 128)), params())
     with pytest.raises(ValueError, match="mask size"):
         model.generate(image, mask.resize((64, 64)), params())
 
 
 def test_generation_is_serialised(model):
     """Two threads never run the pipeline at the same time: each job's steps are contiguous."""
-    image, mask = photo((64, 64))
+    image, mask = ramp_inputs(64)
     events = []
 
     def job(name):
@@ -192,7 +178,9 @@ def test_warm_up_runs_and_caches_the_default_prompt(model, caplog):
 
 def test_zero_warm_up_steps_skip_the_inference(model, tiny_model_dir, caplog):
     """``INPAINT_WARMUP_STEPS=0``: ready once loaded, no inference; jobs still run."""
-    cold = InpaintModel(model.pipe, settings(tiny_model_dir, warmup_steps=0), "cpu", model.dtype)
+    cold = InpaintModel(
+        model.pipe, tiny_settings(tiny_model_dir, warmup_steps=0), "cpu", model.dtype
+    )
     calls = []
     original = model.pipe.__class__.__call__
 
@@ -204,31 +192,31 @@ def test_zero_warm_up_steps_skip_the_inference(model, tiny_model_dir, caplog):
         patch.setattr(model.pipe.__class__, "__call__", counting)
         cold.warm_up()
         assert calls == [] and "model warmed up" not in caplog.text
-        out = cold.generate(*photo((32, 32)), params(steps=1))
+        out = cold.generate(*ramp_inputs(32), params(steps=1))
         warm = InpaintModel(
-            model.pipe, settings(tiny_model_dir, warmup_steps=1), "cpu", model.dtype
+            model.pipe, tiny_settings(tiny_model_dir, warmup_steps=1), "cpu", model.dtype
         )
         warm.warm_up()
     assert out.size == (32, 32) and calls == [1, 1] and "model warmed up" in caplog.text
 
 
 def test_q4_0_file_loads_and_generates(tiny_model_dir):
-    q4 = InpaintModel.load(settings(tiny_model_dir, quant="Q4_0"))
+    q4 = InpaintModel.load(tiny_settings(tiny_model_dir, quant="Q4_0"))
     layers = [m for m in q4.pipe.transformer.modules() if isinstance(m, GGUFLinear)]
     assert {int(m.weight.quant_type) for m in layers} >= {2}  # GGML type 2 = Q4_0
-    out = q4.generate(*photo(), params())
+    out = q4.generate(*ramp_inputs(128), params())
     assert out.size == (128, 128) and out.mode == "RGB"
 
 
 def test_dequantize_replaces_gguf_layers_with_the_same_numbers(model, tiny_model_dir):
-    dense = InpaintModel.load(settings(tiny_model_dir, dequantize=True))
+    dense = InpaintModel.load(tiny_settings(tiny_model_dir, dequantize=True))
     assert dense.dequantized
     transformer = dense.pipe.transformer
     assert not any(isinstance(m, GGUFLinear) for m in transformer.modules())
     weight = transformer.transformer_blocks[0].attn.to_q.weight
     assert type(weight) is torch.nn.Parameter and weight.dtype == torch.float32
     assert {p.dtype for p in transformer.parameters()} == {torch.float32}
-    image, mask = photo()
+    image, mask = ramp_inputs(128)
     expected = model.generate(image, mask, params(seed=5))
     got = dense.generate(image, mask, params(seed=5))
     assert np.abs(pixels(expected) - pixels(got)).max() <= 1
@@ -236,12 +224,12 @@ def test_dequantize_replaces_gguf_layers_with_the_same_numbers(model, tiny_model
 
 def test_dequantize_with_cpu_offload_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="cannot be combined"):
-        InpaintModel.load(settings(tiny_model_dir, dequantize=True, cpu_offload=True))
+        InpaintModel.load(tiny_settings(tiny_model_dir, dequantize=True, cpu_offload=True))
 
 
 def test_missing_files_are_named_with_the_command(tmp_path, tiny_model_dir):
     with pytest.raises(ModelFilesMissingError) as info:
-        InpaintModel.load(settings(tmp_path, quant="Q4_0"))
+        InpaintModel.load(tiny_settings(tmp_path, quant="Q4_0"))
     message = str(info.value)
     assert str(tmp_path / "flux1-fill-dev-Q4_0.gguf") in message
     assert f"python -m inpaint weights --dest {tmp_path} --quant Q4_0" in message
@@ -250,7 +238,7 @@ def test_missing_files_are_named_with_the_command(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("*Q4_0.gguf", ".tiny*"))
     (copy / "base" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ModelFilesMissingError) as info:
-        InpaintModel.load(settings(copy))
+        InpaintModel.load(tiny_settings(copy))
     message = str(info.value)
     assert "vae/diffusion_pytorch_model.safetensors" in message
     assert "flux1-fill-dev" not in message.split("Fetch")[0]  # the GGUF file is there
@@ -266,7 +254,7 @@ def test_sharded_text_encoder_needs_every_shard(tmp_path, tiny_model_dir):
     index = {"weight_map": {"a": shards[0], "b": shards[1]}}
     (t5 / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelFilesMissingError) as info:
-        InpaintModel.load(settings(copy))
+        InpaintModel.load(tiny_settings(copy))
     assert str(t5 / shards[1]) in str(info.value)
     assert str(t5 / shards[0]) not in str(info.value)
 
@@ -329,7 +317,7 @@ def test_bfl_layout_gguf_loads_and_generates():
     (``inpaint.model.layout``): built once, cached in build/."""
     dest = ROOT / "build" / f"tiny-model-bfl-v{MODEL_VERSION}"
     build_tiny_model(dest, layout="bfl", quant="Q4_0")
-    model = InpaintModel.load(settings(dest, quant="Q4_0"))
+    model = InpaintModel.load(tiny_settings(dest, quant="Q4_0"))
     transformer = model.pipe.transformer
     assert transformer.config.num_attention_heads * transformer.config.attention_head_dim == 3072
     assert (
@@ -338,5 +326,5 @@ def test_bfl_layout_gguf_loads_and_generates():
     assert isinstance(transformer.single_transformer_blocks[0].attn.to_k, GGUFLinear)
     assert transformer.single_transformer_blocks[0].attn.to_k.weight.quant_shape == (3072, 3072)
     calls = []
-    out = model.generate(*photo((32, 32)), params(steps=1), on_step=lambda *a: calls.append(a))
+    out = model.generate(*ramp_inputs(32), params(steps=1), on_step=lambda *a: calls.append(a))
     assert out.size == (32, 32) and out.mode == "RGB" and calls == [(1, 1)]

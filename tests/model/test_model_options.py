@@ -17,7 +17,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from pydantic import ValidationError
 
 from inpaint.config import Settings
@@ -34,18 +33,8 @@ from inpaint.model.options import (
 )
 from inpaint.model.params import GenerationParams
 from inpaint.serving import process
-
-
-def settings(model_dir, **overrides) -> Settings:
-    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "auto"}
-    return Settings(**(values | overrides))
-
-
-def inputs(size=64):
-    ramp = np.linspace(0, 255, size * size * 3, dtype=np.float32).reshape(size, size, 3)
-    mask = Image.new("L", (size, size), 0)
-    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    return Image.fromarray(ramp.astype(np.uint8)), mask
+from tests.helpers import tiny_settings
+from tests.samples import ramp_inputs
 
 
 def params(prompt="a cat on a sofa", steps=2):
@@ -113,7 +102,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("overrides", "target", "expected"), REFUSALS)
 def test_each_option_says_when_it_is_refused(tmp_path, overrides, target, expected):
-    options = settings(tmp_path, **overrides)
+    options = tiny_settings(tmp_path, **overrides)
     refused = first_refusal(options, target)
     if expected is None:
         assert refused is None
@@ -144,7 +133,7 @@ def test_each_option_says_when_it_is_refused(tmp_path, overrides, target, expect
     ],
 )
 def test_options_in_effect_come_in_their_order(tmp_path, overrides, target, in_effect):
-    chosen = choose_options(settings(tmp_path, **overrides), target)
+    chosen = choose_options(tiny_settings(tmp_path, **overrides), target)
     assert [option.setting for option in chosen] == in_effect
 
 
@@ -172,11 +161,13 @@ def test_the_settings_of_experimental_options_say_so():
 
 def test_load_warns_once_naming_the_experimental_options_in_effect(tiny_model_dir, caplog):
     caplog.set_level(logging.INFO, logger="inpaint.model")
-    InpaintModel.load(settings(tiny_model_dir))
+    InpaintModel.load(tiny_settings(tiny_model_dir))
     assert not [r for r in caplog.records if r.getMessage() == "experimental options enabled"]
     caplog.clear()
     model = InpaintModel.load(
-        settings(tiny_model_dir, compile=True, attention_backend="native", step_cache_threshold=0.5)
+        tiny_settings(
+            tiny_model_dir, compile=True, attention_backend="native", step_cache_threshold=0.5
+        )
     )
     warned = [r for r in caplog.records if r.getMessage() == "experimental options enabled"]
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING
@@ -190,14 +181,16 @@ def test_load_warns_once_naming_the_experimental_options_in_effect(tiny_model_di
 def test_cuda_only_options_are_ignored_on_cpu_with_a_warning(tiny_model_dir, caplog):
     caplog.set_level(logging.WARNING, logger="inpaint.model")
     model = InpaintModel.load(
-        settings(tiny_model_dir, compile=True, offload_text_encoders=True, pin_text_encoders=True)
+        tiny_settings(
+            tiny_model_dir, compile=True, offload_text_encoders=True, pin_text_encoders=True
+        )
     )
     assert not model.compiled and model.prompts.text_encoder_home is None
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "INPAINT_COMPILE ignored" in messages
     assert "INPAINT_OFFLOAD_TEXT_ENCODERS ignored" in messages
     assert "INPAINT_PIN_TEXT_ENCODERS ignored" in messages
-    out = model.generate(*inputs(), params())
+    out = model.generate(*ramp_inputs(), params())
     assert out.size == (64, 64)
 
 
@@ -219,13 +212,13 @@ class MoveSpy:
 
 
 def test_offloaded_text_encoders_visit_the_device_only_on_a_cache_miss(tiny_model_dir):
-    model = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir))
     model.prompts.text_encoder_home = "cpu"  # what load() sets on a GPU with offload_text_encoders
     model.prompts.load_text_encoders()  # on demand they load into their home: no move yet
     clip, t5 = MoveSpy(model.pipe.text_encoder), MoveSpy(model.pipe.text_encoder_2)
-    first = model.generate(*inputs(), params(prompt="a dog on a sofa"))
+    first = model.generate(*ramp_inputs(), params(prompt="a dog on a sofa"))
     assert clip.devices == t5.devices == [model.device, "cpu"]
-    second = model.generate(*inputs(), params(prompt="a dog on a sofa"))
+    second = model.generate(*ramp_inputs(), params(prompt="a dog on a sofa"))
     assert t5.devices == [model.device, "cpu"]  # cached: not moved again
     assert np.array_equal(np.asarray(first), np.asarray(second))
 
@@ -234,7 +227,7 @@ def test_text_encoders_move_only_under_the_model_lock(tiny_model_dir, monkeypatc
     """CLIP + T5 (~9.5 GB on the GPU) must never arrive while another job is denoising: their
     move onto the device when first loaded, and every visit of offloaded encoders, hold the lock
     that a job holds for its whole denoising."""
-    model = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir))
     spies: list[MoveSpy] = []
     real = encoders.load_text_pipeline
 
@@ -244,10 +237,10 @@ def test_text_encoders_move_only_under_the_model_lock(tiny_model_dir, monkeypatc
         return text
 
     monkeypatch.setattr(encoders, "load_text_pipeline", spied)
-    model.generate(*inputs(), params(prompt="a dog on a sofa"))  # loaded, moved to the device
+    model.generate(*ramp_inputs(), params(prompt="a dog on a sofa"))  # loaded, moved to the device
     assert [spy.devices for spy in spies] == [[model.device]] * 2
     model.prompts.text_encoder_home = "cpu"  # offloaded (the L4 profile): a visit per cache miss
-    model.generate(*inputs(), params(prompt="a cat in the grass"))
+    model.generate(*ramp_inputs(), params(prompt="a cat in the grass"))
     assert [spy.devices for spy in spies] == [[model.device, model.device, "cpu"]] * 2
     assert all(locked for spy in spies for locked in spy.locked)
 
@@ -270,7 +263,7 @@ def test_offloaded_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_mode
     """Parking CLIP/T5 in CPU memory must not move the denoising there: diffusers prefers an
     accelerator component for the execution device. Simulated by making the transformer and
     the VAE report a CUDA device while the text encoders stay on the CPU."""
-    model = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir))
     model.prompts.text_encoder_home = "cpu"
     model.prompts.load_text_encoders()
     cuda = property(lambda _self: torch.device("cuda"))
@@ -281,13 +274,13 @@ def test_offloaded_text_encoders_leave_the_pipeline_on_the_accelerator(tiny_mode
 
 
 def test_attention_backend_and_step_cache_are_applied(tiny_model_dir):
-    base = InpaintModel.load(settings(tiny_model_dir))
+    base = InpaintModel.load(tiny_settings(tiny_model_dir))
     model = InpaintModel.load(
-        settings(tiny_model_dir, attention_backend="native", step_cache_threshold=0.5)
+        tiny_settings(tiny_model_dir, attention_backend="native", step_cache_threshold=0.5)
     )
     assert model.pipe.transformer.is_cache_enabled
     assert not base.pipe.transformer.is_cache_enabled
-    image, mask = inputs()
+    image, mask = ramp_inputs()
     out = model.generate(image, mask, params(steps=4))
     again = model.generate(image, mask, params(steps=4))  # cache state is reset per job
     assert out.size == image.size and out.mode == "RGB"
@@ -302,10 +295,10 @@ def test_a_job_stopped_mid_denoising_leaves_no_step_cache_state_for_the_next(tin
     """A cancel, lost lease or SIGTERM raises from the step callback, skipping the pipeline's
     own clean-up at its end: the first-block cache must still start the next job empty. (With
     threshold 1.0 and another seed first, a stale cache changes this job's pixels: measured.)"""
-    options = settings(tiny_model_dir, step_cache_threshold=1.0)
+    options = tiny_settings(tiny_model_dir, step_cache_threshold=1.0)
     stopped = InpaintModel.load(options)
     fresh = InpaintModel.load(options)
-    image, mask = inputs()
+    image, mask = ramp_inputs()
     other_job = GenerationParams(prompt="a cat on a sofa", seed=4, steps=6, guidance=30.0)
 
     def stop_after_the_first_step(step: int, total: int) -> None:
@@ -322,7 +315,7 @@ def test_a_job_stopped_mid_denoising_leaves_no_step_cache_state_for_the_next(tin
 def test_the_model_loads_and_paints_in_bfloat16(tiny_model_dir):
     """Production runs bfloat16 (`dtype: auto` picks it on a GPU): the dtypes of the parts
     that compute, and one whole step, on the tiny model."""
-    model = InpaintModel.load(settings(tiny_model_dir, dtype="bfloat16"))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir, dtype="bfloat16"))
     assert model.dtype_name == "bfloat16"
     assert model.pipe.vae.dtype == torch.bfloat16
     transformer = model.pipe.transformer
@@ -330,7 +323,7 @@ def test_the_model_loads_and_paints_in_bfloat16(tiny_model_dir):
     assert dense and {p.dtype for p in dense} <= {torch.bfloat16, torch.uint8}
     embeds, pooled = model.prompts.encode("a cat on a sofa")
     assert embeds.dtype == pooled.dtype == torch.bfloat16
-    image, mask = inputs()
+    image, mask = ramp_inputs()
     out = model.generate(image, mask, params(steps=1))
     assert out.size == image.size and out.mode == "RGB"
     assert np.asarray(out).std() > 0  # painted something, not a blank or NaN image
@@ -342,7 +335,7 @@ def test_a_gpu_failure_under_jobs_is_transient_and_then_replaces_the_instance(
     """Out of memory: the job is redelivered (transient), the instance stays while a success
     comes between; three in a row, or one fatal CUDA error, and /health answers 503 (Cloud
     Run replaces the instance) and no job is taken any more."""
-    model = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir, warmup_steps=0))
     warmup = process.Warmup(lambda: model)
     warmup._run(warmup._generation)
     real_call = type(model.pipe).__call__
@@ -357,15 +350,15 @@ def test_a_gpu_failure_under_jobs_is_transient_and_then_replaces_the_instance(
     for _ in range(2):
         failing(oom)
         with pytest.raises(DeviceFailedError, match="out_of_memory"):
-            model.generate(*inputs(), params())
+            model.generate(*ramp_inputs(), params())
     monkeypatch.setattr(type(model.pipe), "__call__", real_call)
-    model.generate(*inputs(), params())  # a success in between: still sound
+    model.generate(*ramp_inputs(), params())  # a success in between: still sound
     assert warmup.health()[0] == 200 and warmup.require(0) is model
 
     failing(oom)
     for _ in range(3):
         with pytest.raises(DeviceFailedError):
-            model.generate(*inputs(), params())
+            model.generate(*ramp_inputs(), params())
     code, body = warmup.health()
     assert code == 503 and body["model"] == "broken"
     assert "out of memory in 3 jobs in a row" in body["error"]
@@ -373,14 +366,14 @@ def test_a_gpu_failure_under_jobs_is_transient_and_then_replaces_the_instance(
     with pytest.raises(TransientError, match="GPU failed"):
         warmup.require(0)
 
-    fresh = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    fresh = InpaintModel.load(tiny_settings(tiny_model_dir, warmup_steps=0))
     failing(RuntimeError("CUDA error: an illegal memory access was encountered"))
     with pytest.raises(DeviceFailedError, match="fatal"):
-        fresh.generate(*inputs(), params())
+        fresh.generate(*ramp_inputs(), params())
     assert "illegal memory access" in fresh.device_health.broken
 
     failing(ValueError("not the device's fault"))  # raised as it is, the device stays sound
-    other = InpaintModel.load(settings(tiny_model_dir, warmup_steps=0))
+    other = InpaintModel.load(tiny_settings(tiny_model_dir, warmup_steps=0))
     with pytest.raises(ValueError, match="not the device"):
-        other.generate(*inputs(), params())
+        other.generate(*ramp_inputs(), params())
     assert other.device_health.broken is None

@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from inpaint.cli import main as cli_main
-from inpaint.config import DEFAULT_PROMPT, Settings
+from inpaint.config import DEFAULT_PROMPT
 from inpaint.errors import ModelFilesMissingError, PromptUnavailableError
 from inpaint.model import prompts
 from inpaint.model.embeddings import write_embeddings
 from inpaint.model.inpainter import InpaintModel
 from inpaint.model.params import GenerationParams
 from inpaint.model.prompts import EmbeddingKey, EmbeddingStore, find_entry
+from tests.helpers import tiny_settings
+from tests.samples import ramp_inputs
 
 KEY = EmbeddingKey("a cat", 512, "f" * 64, "bfloat16")
 
@@ -75,21 +76,9 @@ def test_file_digest_samples_large_files(tmp_path):
     assert prompts.file_digest(small) != before
 
 
-def settings(model_dir: Path, **overrides) -> Settings:
-    values = {"model_dir": model_dir, "quant": "Q8_0", "device": "cpu", "dtype": "auto"}
-    return Settings(**(values | overrides))
-
-
-def inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
-    ramp = np.linspace(0, 255, size * size * 3, dtype=np.float32).reshape(size, size, 3)
-    mask = Image.new("L", (size, size), 0)
-    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    return Image.fromarray(ramp.astype(np.uint8)), mask
-
-
 def job(model: InpaintModel, prompt: str = DEFAULT_PROMPT, seed: int = 7) -> np.ndarray:
     params = GenerationParams(prompt=prompt, seed=seed, steps=2, guidance=30.0)
-    return np.asarray(model.generate(*inputs(), params))
+    return np.asarray(model.generate(*ramp_inputs(), params))
 
 
 @pytest.fixture()
@@ -132,7 +121,7 @@ def test_the_same_files_give_the_same_embedding_bytes(model_copy, tmp_path):
 
 
 def test_ready_without_text_encoders_and_default_prompt_never_loads_them(tiny_model_dir):
-    model = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir))
     model.warm_up()
     job(model)
     assert not model.prompts.text_encoders_loaded and model.prompts.loads == 0
@@ -140,8 +129,8 @@ def test_ready_without_text_encoders_and_default_prompt_never_loads_them(tiny_mo
 
 
 def test_default_prompt_output_is_bit_identical_to_computing_it(tiny_model_dir):
-    precomputed = InpaintModel.load(settings(tiny_model_dir))
-    computed = InpaintModel.load(settings(tiny_model_dir, prompt_embeddings=False))
+    precomputed = InpaintModel.load(tiny_settings(tiny_model_dir))
+    computed = InpaintModel.load(tiny_settings(tiny_model_dir, prompt_embeddings=False))
     assert computed.prompts.text_encoders_loaded and not precomputed.prompts.text_encoders_loaded
     for stored, fresh in zip(
         precomputed.prompts.encode(DEFAULT_PROMPT),
@@ -153,7 +142,7 @@ def test_default_prompt_output_is_bit_identical_to_computing_it(tiny_model_dir):
 
 
 def test_a_custom_prompt_loads_the_encoders_once(tiny_model_dir):
-    model = InpaintModel.load(settings(tiny_model_dir))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir))
     results: list[np.ndarray] = []
     threads = [
         threading.Thread(target=lambda p=p: results.append(job(model, p)))
@@ -173,7 +162,7 @@ def test_a_custom_prompt_loads_the_encoders_once(tiny_model_dir):
 
 
 def test_background_loading_after_warm_up_is_a_setting(tiny_model_dir):
-    model = InpaintModel.load(settings(tiny_model_dir, text_encoders_background=True))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir, text_encoders_background=True))
     assert not model.prompts.text_encoders_loaded
     model.warm_up()
     assert model.prompts.background_load is not None
@@ -202,17 +191,17 @@ def _poison_and_restamp(model_dir: Path, fingerprint: str) -> None:
 def test_a_stale_key_is_refused_logged_and_computed_instead(tiny_model_dir, model_copy, caplog):
     _poison_and_restamp(model_copy, "0" * 64)
     caplog.set_level(logging.INFO, logger="inpaint.model")
-    stale = InpaintModel.load(settings(model_copy))
+    stale = InpaintModel.load(tiny_settings(model_copy))
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "other tokenizer/text encoder files" in messages
     assert stale.prompts.text_encoders_loaded  # computed as before the store existed
-    today = InpaintModel.load(settings(tiny_model_dir, prompt_embeddings=False))
+    today = InpaintModel.load(tiny_settings(tiny_model_dir, prompt_embeddings=False))
     assert np.array_equal(job(stale), job(today))  # the zeroed tensors were never used
 
 
 def test_a_default_prompt_changed_by_the_environment_is_computed(tiny_model_dir, caplog):
     caplog.set_level(logging.INFO, logger="inpaint.model")
-    model = InpaintModel.load(settings(tiny_model_dir, default_prompt="a dog on a sofa"))
+    model = InpaintModel.load(tiny_settings(tiny_model_dir, default_prompt="a dog on a sofa"))
     assert model.prompts.text_encoders_loaded
     assert "this prompt is not among the precomputed ones" in caplog.text
 
@@ -234,7 +223,7 @@ def test_no_text_encoders_build_refuses_other_prompts(model_copy, monkeypatch):
     )
     assert code == 0
     assert not any((model_copy / "base" / part).exists() for part in prompts.TEXT_PARTS)
-    model = InpaintModel.load(settings(model_copy))
+    model = InpaintModel.load(tiny_settings(model_copy))
     model.warm_up()
     job(model)
     job(model, "a dog on a sofa")  # precomputed by --prompt
@@ -245,7 +234,7 @@ def test_no_text_encoders_build_refuses_other_prompts(model_copy, monkeypatch):
     assert model.prompts.loads == 0
     # A default prompt that was not precomputed cannot work at all: the start-up fails.
     with pytest.raises(ModelFilesMissingError, match="built without text encoders"):
-        InpaintModel.load(settings(model_copy, default_prompt="something else"))
+        InpaintModel.load(tiny_settings(model_copy, default_prompt="something else"))
 
 
 def test_extra_prompts_from_the_environment_are_precomputed(model_copy, monkeypatch):
@@ -253,6 +242,6 @@ def test_extra_prompts_from_the_environment_are_precomputed(model_copy, monkeypa
     assert prompts.deployment_prompts(["a dog"]) == [DEFAULT_PROMPT, "a cat on a sofa", "a dog"]
     manifest = write_embeddings(model_copy, prompts.deployment_prompts(), ["float32"])
     assert {e.prompt for e in manifest.entries} >= {DEFAULT_PROMPT, "a cat on a sofa"}
-    model = InpaintModel.load(settings(model_copy))
+    model = InpaintModel.load(tiny_settings(model_copy))
     job(model, "a cat on a sofa")
     assert model.prompts.loads == 0
