@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from inpaint.errors import MaskMismatchError
-from inpaint.photo import decoding, sandbox
+from inpaint.photo import colour, decoding, sandbox
 from inpaint.photo.decoding import ImageLimits, ImageMeta
 
 # ``decoding``'s functions and ``ISOLATED`` are read through the module at each call, so a test's
@@ -114,9 +114,9 @@ def _mask_pixels(data: bytes, limits: ImageLimits) -> Image.Image:
 def _mask_gray(im: Image.Image) -> Image.Image:
     """The 8-bit ``L`` mask of any mode, per the alpha-or-luminance rule of ``decode_mask``."""
     mode = im.mode
-    if mode in decoding.HIGH_DEPTH_MODES:
-        return decoding.high_depth_to_l(im)
-    if decoding.has_alpha(im):
+    if mode in colour.HIGH_DEPTH_MODES:
+        return colour.high_depth_to_l(im)
+    if colour.has_alpha(im):
         rgba = im.convert("RGBA")
         alpha = rgba.getchannel("A")
         lowest, _ = alpha.getextrema()

@@ -5,11 +5,10 @@ gunicorn builds it in its worker by calling the factory (``inpaint.serving.app:c
 the CloudEvent app from ``main.py`` (the public way: the framework loads a target's source file
 by path, as its CLI does; the file's errorhandler is registered on this app then); the health
 routes come from ``inpaint.serving.probes`` (the same answers as ``main.health``). Event-level
-problems that a redelivery cannot fix (a body
-that is not a CloudEvent or cannot be parsed at all, a body over the size limit) are
-acknowledged with 200 and logged: any other status would make Pub/Sub redeliver them for a
-day. SIGTERM (Cloud Run stopping the instance) sets ``process.SHUTDOWN`` before gunicorn's own
-graceful exit: see ``process.stop_on_sigterm``.
+problems that a redelivery cannot fix (a body that is not a CloudEvent or cannot be parsed at
+all, a body over the size limit) are acknowledged with 200 and logged: any other status would
+make Pub/Sub redeliver them for a day. SIGTERM (Cloud Run stopping the instance) sets
+``process.SHUTDOWN`` before gunicorn's own graceful exit: see ``process.stop_on_sigterm``.
 """
 
 from __future__ import annotations

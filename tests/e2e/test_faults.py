@@ -249,23 +249,6 @@ def test_a_crashed_instances_job_is_kept_by_pubsub_while_its_lease_lives_then_co
     assert claims_by_session(fresh).get(session) == 1
 
 
-def test_a_crashed_instances_job_completes_by_pubsub_redelivery_alone_with_a_short_lease(
-    start_server, slow_pair, sessions, stack
-):
-    """The same crash with a 4 s lease and nothing written by the test: Pub/Sub's own
-    redeliveries are refused while the lease lives and the first one after it takes over."""
-    doomed = start_server(**(SLOW | {"INPAINT_LEASE_SECONDS": "4"}))
-    _, fresh = slow_pair
-    claims_before = inference_count(fresh)
-    with _pushed(stack) as (front, topic):
-        user, session, inputs, message_id, _ = _crash_middenoising(
-            stack, front, topic, doomed, fresh, sessions
-        )
-        _assert_completed_by_the_second_attempt(sessions, user, session, inputs)
-        _assert_acknowledged_once_by_the_job(front, message_id, doomed, fresh)
-    assert inference_count(fresh) - claims_before == 1
-
-
 # --------------------------------------------------------------------------- outages
 
 

@@ -12,7 +12,6 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.conftest import inference_count
 from tests.samples import ellipse_mask, pixels
 from tools import eventlib
 from tools.server import log_records
@@ -97,32 +96,6 @@ def test_prompt_and_seed_from_document_are_used(server, sessions):
     a = pixels(sessions.image(user, session, "edited.jpg"))
     b = pixels(sessions.image(user2, session2, "edited.jpg"))
     assert np.array_equal(a, b)
-
-
-def test_sequential_duplicates_run_one_inference(server, sessions):
-    user, session = sessions.create()
-    headers, body = eventlib.pubsub_binary(user, session, "dup-seq-1")
-    claims_before = inference_count(server)
-    for _ in range(3):
-        assert server.post(headers, body).status_code == 200
-    doc = assert_completed(sessions, user, session)
-    assert doc["attempts"] == 1
-    assert inference_count(server) - claims_before == 1
-
-
-def test_concurrent_duplicates_run_one_inference(server, sessions):
-    user, session = sessions.create()
-    headers, body = eventlib.pubsub_binary(user, session, "dup-conc-1")
-    claims_before = inference_count(server)
-    with cf.ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(lambda _: server.post(headers, body).status_code, range(8)))
-    # One ran it; copies that came while it ran were kept (503), later ones acknowledged.
-    assert 200 in codes and set(codes) <= {200, 503}, codes
-    doc = assert_completed(sessions, user, session)
-    for _ in range(codes.count(503)):  # their redeliveries find it completed
-        assert server.post(headers, body).status_code == 200
-    assert doc["attempts"] == 1
-    assert inference_count(server) - claims_before == 1
 
 
 def test_empty_mask_returns_the_original_without_the_model(server, sessions):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from benchmarks import hostile_inputs as hostile
 from inpaint.errors import InvalidImageError
-from inpaint.photo import decoding, upload_checks
+from inpaint.photo import colour, decoding, upload_checks
 from inpaint.photo.mask import decode_mask
 
 LIMITS = decoding.ImageLimits(max_bytes=40 * 1024 * 1024, max_pixels=50_000_000)
@@ -98,7 +98,7 @@ def test_an_unexpected_library_exception_becomes_a_permanent_error(
         raise TypeError("ICC tag of the wrong type")
 
     monkeypatch.setattr(decoding, "ISOLATED", False)  # the patch is this process's
-    monkeypatch.setattr(decoding, "_to_rgb", broken)
+    monkeypatch.setattr(colour, "to_rgb", broken)
     data = hostile.encode(hostile.photo_array((32, 32)))
     message = refused(data, "image data is corrupt (TypeError)")
     assert "ICC" not in message  # library internals are logged, not shown
