@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,9 @@ class MemoryDocuments:
         self._last = dt.datetime.min.replace(tzinfo=dt.UTC)
         self.faults = faults or Faults()
         self.writes = 0
+        # Each write is atomic, as Firestore's precondition check is: the in-process tests run
+        # a job's heartbeat thread beside the test's own writes (the simulation is one thread).
+        self._lock = threading.RLock()
 
     def _version(self) -> dt.datetime:
         now = self._clock()
@@ -65,26 +69,29 @@ class MemoryDocuments:
         fault = self.faults.take("update")
         if fault == "before":
             raise gexc.ServiceUnavailable("injected: the update was lost")
-        current = self._docs.get(path)
-        if current is None:
-            raise gexc.NotFound(f"no document {path}")
-        if version != current[1]:
-            raise gexc.FailedPrecondition(f"{path} was written meanwhile")
-        self._docs[path] = (current[0] | copy.deepcopy(fields), self._version())
-        self.writes += 1
+        with self._lock:
+            current = self._docs.get(path)
+            if current is None:
+                raise gexc.NotFound(f"no document {path}")
+            if version != current[1]:
+                raise gexc.FailedPrecondition(f"{path} was written meanwhile")
+            self._docs[path] = (current[0] | copy.deepcopy(fields), self._version())
+            self.writes += 1
         if fault == "after":
             raise gexc.DeadlineExceeded("injected: the update's reply was lost")
 
     # The app's and the test's own writes (no preconditions: the client SDK's plain writes).
     def set(self, path: str, fields: Fields) -> None:
-        self._docs[path] = (copy.deepcopy(fields), self._version())
+        with self._lock:
+            self._docs[path] = (copy.deepcopy(fields), self._version())
 
     def patch(self, path: str, fields: Fields) -> bool:
         """An unconditional update (False: no such document)."""
-        if path not in self._docs:
-            return False
-        self.set(path, self._docs[path][0] | fields)
-        return True
+        with self._lock:
+            if path not in self._docs:
+                return False
+            self.set(path, self._docs[path][0] | fields)
+            return True
 
     def delete(self, path: str) -> None:
         self._docs.pop(path, None)
@@ -114,6 +121,7 @@ class MemoryBlobs:
         self._objects: dict[str, Stored] = {}
         self._generation = 1_000
         self.faults = faults or Faults()
+        self._lock = threading.RLock()  # each write atomic, as Cloud Storage's precondition is
 
     def stat(self, path: str) -> BlobInfo | None:
         stored = self._objects.get(path)
@@ -131,29 +139,33 @@ class MemoryBlobs:
         fault = self.faults.take("write")
         if fault == "before":
             raise gexc.ServiceUnavailable("injected: the upload was lost")
-        stored = self._objects.get(path)
-        current = stored.generation if stored else 0
-        if current != if_generation_match:
-            raise gexc.PreconditionFailed(f"{path} is at generation {current}")
-        self._generation += 1
-        self._objects[path] = Stored(data, self._generation)
+        with self._lock:
+            stored = self._objects.get(path)
+            current = stored.generation if stored else 0
+            if current != if_generation_match:
+                raise gexc.PreconditionFailed(f"{path} is at generation {current}")
+            self._generation += 1
+            self._objects[path] = Stored(data, self._generation)
+            generation = self._generation
         if fault == "after":
             raise gexc.ServiceUnavailable("injected: the upload's reply was lost")
-        return self._generation
+        return generation
 
     def delete(self, path: str, if_generation_match: int | None) -> None:
-        stored = self._objects.get(path)
-        if stored is None:
-            raise gexc.NotFound(path)
-        if if_generation_match is not None and stored.generation != if_generation_match:
-            raise gexc.PreconditionFailed(f"{path} is at another generation")
-        del self._objects[path]
+        with self._lock:
+            stored = self._objects.get(path)
+            if stored is None:
+                raise gexc.NotFound(path)
+            if if_generation_match is not None and stored.generation != if_generation_match:
+                raise gexc.PreconditionFailed(f"{path} is at another generation")
+            del self._objects[path]
 
     # The app's own uploads and deletes, and the checks.
     def put(self, path: str, data: bytes) -> int:
-        self._generation += 1
-        self._objects[path] = Stored(data, self._generation)
-        return self._generation
+        with self._lock:
+            self._generation += 1
+            self._objects[path] = Stored(data, self._generation)
+            return self._generation
 
     def remove_prefix(self, prefix: str) -> None:
         for path in [p for p in self._objects if p.startswith(prefix)]:
