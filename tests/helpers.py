@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,32 @@ def denoising(sessions: Any, user: str, session: str) -> dict | None:
     if doc and doc.get("processingStatus") == "processing" and doc.get("progress", 0) > 0:
         return doc
     return None
+
+
+def create_session(
+    upload: Callable[[str, bytes, str], object],
+    write_document: Callable[[str, dict], object],
+    created_at: object,
+    *,
+    photo: bytes | None = None,
+    mask: bytes | None = None,
+    doc: dict | None = None,
+    upload_photo: bool = True,
+    upload_mask: bool = True,
+    create_doc: bool = True,
+    user: str | None = None,
+) -> tuple[str, str]:
+    """A session as the app creates it: the photo and the mask uploaded (``upload(path, data,
+    content_type)``; the sample cat and an ellipse by default), then the ``queued`` document
+    (``write_document(path, fields)``). The same for the real servers and the in-memory ones."""
+    from tests.samples import ellipse_mask, photo_jpeg
+
+    user, session = user or f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
+    base = f"users/{user}/sessions/{session}"
+    if upload_photo:
+        upload(f"{base}/original.jpg", photo if photo is not None else photo_jpeg(), "image/jpeg")
+    if upload_mask:
+        upload(f"{base}/mask_auto.png", mask if mask is not None else ellipse_mask(), "image/png")
+    if create_doc:
+        write_document(base, {"processingStatus": "queued", "createdAt": created_at} | (doc or {}))
+    return user, session

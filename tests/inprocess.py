@@ -31,7 +31,7 @@ from inpaint.config import Settings, get_settings
 from inpaint.serving import process
 from inpaint.session.gpuqueue import GpuQueue
 from inpaint.session.store import SessionStore, utcnow
-from tests.samples import ellipse_mask, photo_jpeg
+from tests.helpers import create_session
 from tests.sim.fakes import Faults, MemoryBlobs, MemoryDocuments
 from tools.server import FAST_SETTINGS
 
@@ -72,16 +72,17 @@ class InProcess:
         create_doc: bool = True,
     ) -> tuple[str, str]:
         """A session as the app creates it (the same arguments as the e2e ``Sessions``)."""
-        user, session = f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
-        base = f"users/{user}/sessions/{session}"
-        if upload_photo:
-            self.blobs.put(f"{base}/original.jpg", photo if photo is not None else photo_jpeg())
-        if upload_mask:
-            self.blobs.put(f"{base}/mask_auto.png", mask if mask is not None else ellipse_mask())
-        if create_doc:
-            fields = {"processingStatus": "queued", "createdAt": utcnow()}
-            self.docs.set(base, fields | (doc or {}))
-        return user, session
+        return create_session(
+            lambda path, data, _kind: self.blobs.put(path, data),
+            self.docs.set,
+            utcnow(),
+            photo=photo,
+            mask=mask,
+            doc=doc,
+            upload_photo=upload_photo,
+            upload_mask=upload_mask,
+            create_doc=create_doc,
+        )
 
     def doc(self, user: str, session: str) -> dict | None:
         return self.docs.peek(f"users/{user}/sessions/{session}")

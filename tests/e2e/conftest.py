@@ -8,7 +8,6 @@ import contextlib
 import io
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from firebase_admin import firestore, storage
 from PIL import Image
 
-from tests.samples import ellipse_mask, photo_jpeg
+from tests.helpers import create_session
 from tools.server import FAST_SETTINGS, ServerProcess
 
 
@@ -89,20 +88,21 @@ class Sessions:
         create_doc: bool = True,
         user: str | None = None,
     ) -> tuple[str, str]:
-        user, session = user or f"u{uuid.uuid4().hex[:10]}", f"s{uuid.uuid4().hex[:10]}"
-        base = f"users/{user}/sessions/{session}"
-        if upload_photo:
-            self.bucket.blob(f"{base}/original.jpg").upload_from_string(
-                photo if photo is not None else photo_jpeg(), content_type="image/jpeg"
-            )
-        if upload_mask:
-            self.bucket.blob(f"{base}/mask_auto.png").upload_from_string(
-                mask if mask is not None else ellipse_mask(), content_type="image/png"
-            )
-        if create_doc:
-            fields = {"processingStatus": "queued", "createdAt": firestore.SERVER_TIMESTAMP}
-            self.db.document(base).set(fields | (doc or {}))
-        return user, session
+        """A session as the app creates it (``tests.helpers.create_session``)."""
+        return create_session(
+            lambda path, data, kind: self.bucket.blob(path).upload_from_string(
+                data, content_type=kind
+            ),
+            lambda path, fields: self.db.document(path).set(fields),
+            firestore.SERVER_TIMESTAMP,
+            photo=photo,
+            mask=mask,
+            doc=doc,
+            upload_photo=upload_photo,
+            upload_mask=upload_mask,
+            create_doc=create_doc,
+            user=user,
+        )
 
     def doc(self, user: str, session: str) -> dict | None:
         snap = self.db.document(f"users/{user}/sessions/{session}").get()
